@@ -1,0 +1,36 @@
+# make demo   -> set up (first time) and run the main job
+# make test   -> set up (first time) and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# Keep a torch that is already installed (a GPU user brings their CUDA build); otherwise install the pinned
+# CPU wheel first, so that no dependency can pull a CUDA build of torch onto a CPU machine.
+$(STAMP): pyproject.toml constraints.txt
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	  echo "setup: using the torch already installed for $(PYTHON)"; \
+	  [ -d $(VENV) ] || $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+	  [ -d $(VENV) ] || $(PYTHON) -m venv $(VENV); \
+	  $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==$(TORCH_VERSION); \
+	fi
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/hrm demo
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) runs artifacts .pytest_cache

@@ -1,0 +1,145 @@
+"""`hrm` console script: data / train / evaluate / export / serve / predict / demo.
+
+    hrm train --config jobs/configs/demo.yaml train.epochs=3
+    hrm evaluate --checkpoint runs/hrm/best --out artifacts/eval
+    hrm export --checkpoint runs/hrm/best
+    hrm serve --checkpoint runs/hrm/best
+    hrm predict --url http://127.0.0.1:8000 --bars bars.csv
+    hrm demo
+
+Each command parses its arguments here and hands a typed config to one library function; heavy modules
+(torch, ray) are imported inside the handler so that `hrm --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hrm_platform.config import ConfigError, PlatformConfig, load_config
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="YAML preset (default: built-in defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def _config(args: argparse.Namespace) -> PlatformConfig:
+    return load_config(args.config, args.overrides)
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from hrm_platform.data.dataset import build_datasets, describe_datasets
+
+    config = _config(args)
+    if args.data is not None:
+        config.data.source, config.data.path = "file", args.data
+    print(describe_datasets(build_datasets(config.data)))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from hrm_platform.training.trainer import print_summary, run_training
+
+    summary = run_training(_config(args), quiet=args.json)
+    print_summary(summary, as_json=args.json)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from hrm_platform.evaluation.backtest import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.out, data_path=args.data)
+    print(report.summary())
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hrm_platform.serving.export import export_engine
+
+    report = export_engine(args.checkpoint, variants=args.variants)
+    print(report.summary())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from hrm_platform.serving.app import serve_forever
+
+    return serve_forever(args.checkpoint, _config(args).serve)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from hrm_platform.serving.client import predict_from_file
+
+    print(predict_from_file(args.url, args.bars, position=args.position, max_segments=args.max_segments))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hrm_platform.demo import run_demo
+
+    return run_demo(_config(args), data_path=args.data, keep_serving=args.keep_serving, out_dir=args.out)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hrm", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="build the datasets and print a summary")
+    _add_config_args(data)
+    data.add_argument("--data", type=Path, default=None, help="OHLCV CSV/Parquet instead of the synthetic market")
+    data.set_defaults(handler=_cmd_data)
+
+    train = commands.add_parser("train", help="train on an embedded local Ray cluster")
+    _add_config_args(train)
+    train.add_argument("--json", action="store_true", help="print a machine-readable summary only")
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="backtest a checkpoint on the test split")
+    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--data", type=Path, default=None, help="OHLCV CSV/Parquet instead of the synthetic market")
+    evaluate.add_argument("--out", type=Path, default=Path("artifacts/eval"))
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    export = commands.add_parser("export", help="measure engine variants and write the serving manifest")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--variants", nargs="*", default=None, help="variants to try (default: all that apply)")
+    export.set_defaults(handler=_cmd_export)
+
+    serve = commands.add_parser("serve", help="serve a checkpoint over HTTP until interrupted")
+    _add_config_args(serve)
+    serve.add_argument("--checkpoint", type=Path, required=True)
+    serve.set_defaults(handler=_cmd_serve)
+
+    predict = commands.add_parser("predict", help="send bars from a CSV/Parquet file to a running server")
+    predict.add_argument("--url", default="http://127.0.0.1:8000")
+    predict.add_argument("--bars", type=Path, required=True)
+    predict.add_argument("--position", type=float, default=0.0)
+    predict.add_argument("--max-segments", type=int, default=None)
+    predict.set_defaults(handler=_cmd_predict)
+
+    demo = commands.add_parser("demo", help="data -> train -> evaluate -> export -> serve -> requests")
+    _add_config_args(demo)
+    demo.add_argument("--data", type=Path, default=None, help="OHLCV CSV/Parquet instead of the synthetic market")
+    demo.add_argument("--out", type=Path, default=Path("artifacts/demo"))
+    demo.add_argument("--keep-serving", action="store_true", help="keep the server up after the demo")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as error:
+        print(f"hrm {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

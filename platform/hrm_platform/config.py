@@ -1,0 +1,229 @@
+"""Typed configuration: the one place where every default lives.
+
+A run is described by `PlatformConfig`, made of four sections (data, model, train, serve) plus evaluation.
+Every model is strict (`extra="forbid"`): an unknown key or a bad value fails at load time with a message
+that names the key and the value.
+
+    config = load_config("jobs/configs/demo.yaml", ["train.epochs=3", "model.d_model=64"])
+
+Ray hands workers plain dicts; a worker turns one back with `PlatformConfig.model_validate(config_dict)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(_Strict):
+    """Where bars come from and how they become windows and labels."""
+
+    source: Literal["synthetic", "file"] = "synthetic"
+    path: Path | None = Field(None, description="OHLCV CSV or Parquet file when source='file'")
+    n_instruments: int = Field(4, ge=1, le=256, description="synthetic instruments")
+    n_bars: int = Field(6000, ge=200, description="synthetic bars per instrument")
+    seed: int = 7
+    bars_per_year: int = Field(252 * 26, gt=0, description="bar frequency, for annualising (15-min bars)")
+    window: int = Field(64, ge=4, le=1024, description="bars per model input window")
+    horizon: int = Field(8, ge=1, description="bars ahead for the forward-return label")
+    label_threshold: float = Field(
+        0.5, gt=0, description="buy/sell when |forward return| > label_threshold * vol * sqrt(horizon)"
+    )
+    val_fraction: float = Field(0.15, ge=0, lt=0.5)
+    test_fraction: float = Field(0.15, ge=0, lt=0.5)
+    embargo: int | None = Field(None, ge=0, description="bars between splits; None = window + horizon")
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source == "file" and self.path is None:
+            raise ValueError("data.path is required when data.source='file'")
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError(
+                f"data.val_fraction + data.test_fraction = {self.val_fraction + self.test_fraction} "
+                "leaves too little for training (must be < 0.8)"
+            )
+        return self
+
+    @property
+    def embargo_bars(self) -> int:
+        return self.window + self.horizon if self.embargo is None else self.embargo
+
+
+class ModelConfig(_Strict):
+    """HRM shape. `n_features` is not here: it comes from the feature spec of the data."""
+
+    d_model: int = Field(128, ge=8)
+    n_heads: int = Field(4, ge=1)
+    ff_mult: float = Field(2.0, gt=0)
+    h_layers: int = Field(2, ge=1, description="transformer blocks in the slow H module")
+    l_layers: int = Field(2, ge=1, description="transformer blocks in the fast L module")
+    h_cycles: int = Field(2, ge=1)
+    l_cycles: int = Field(2, ge=1)
+    max_segments: int = Field(4, ge=1, description="M: deep-supervision segments; ACT limit at inference")
+    halt_exploration: float = Field(0.1, ge=0, le=1, description="epsilon of ACT exploration")
+    rope_base: float = 10000.0
+    share_parameters: bool = Field(False, description="H and L use one stack of blocks")
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even (rotary)")
+        if self.share_parameters and self.h_layers != self.l_layers:
+            raise ValueError(
+                f"model.share_parameters needs model.h_layers == model.l_layers (got {self.h_layers}, {self.l_layers})"
+            )
+        return self
+
+
+class TrainConfig(_Strict):
+    """Optimisation, Ray Train scaling and checkpointing."""
+
+    name: str = Field("hrm", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage_path: str = Field("runs", description="local folder, or a shared/cloud URI on a cluster")
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(128, ge=1, description="per worker")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    quantity_loss_weight: float = Field(1.0, ge=0)
+    q_loss_weight: float = Field(0.5, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (Ray sets OMP to 1)")
+    validation_frequency: int = Field(1, ge=1, description="validate every N epochs")
+    keep_checkpoints: int = Field(2, ge=1, description="best k checkpoints kept, by validation accuracy")
+    max_failures: int = Field(2, ge=0)
+    max_train_batches: int | None = Field(None, ge=1, description="cap batches per epoch (smoke runs)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("train.precision='fp16' needs train.use_gpu=true; use 'bf16' on CPU")
+        return self
+
+
+class ServeConfig(_Strict):
+    """Ray Serve deployment, engine, cache and memory guard."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    engine_variant: Literal["auto", "eager", "compiled", "int8", "compiled_int8", "fp16", "bf16"] = "auto"
+    torch_threads: int = Field(1, ge=1)
+    num_replicas: int | Literal["auto"] = Field(1, description="'auto' enables autoscaling")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    replica_cpus: float = Field(1.0, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    cache_size: int = Field(1000, ge=0, description="entries per replica; 0 disables the cache")
+    cache_ttl_s: float = Field(2.0, gt=0)
+    memory_limit_gb: float = Field(4.0, gt=0, description="hard limit per replica (seed NFR1.3)")
+    memory_soft_fraction: float = Field(0.85, gt=0, lt=1, description="cleanup above this share of the limit")
+    memory_check_interval_s: float = Field(1.0, gt=0)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_bars: int = Field(4096, ge=1, description="bars per request")
+    auth_token_env: str = Field("HRM_API_TOKEN", description="env var holding the bearer token; unset = no auth")
+    fast_ingress: bool = Field(True, description="Ray's HAProxy ingress + throughput-optimised data plane")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"serve.min_replicas={self.min_replicas} exceeds serve.max_replicas={self.max_replicas}"
+            )
+        return self
+
+
+class EvalConfig(_Strict):
+    """Backtest settings."""
+
+    cost_bps: float = Field(1.0, ge=0, description="transaction cost per unit of turnover, basis points")
+    momentum_lookback: int = Field(20, ge=1)
+
+
+class PlatformConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PlatformConfig:
+    """Read a YAML preset (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    for override in overrides:
+        _apply_override(raw, override)
+    return validate_config(raw, source=str(path) if path else "defaults")
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> PlatformConfig:
+    """Turn a plain dict into `PlatformConfig`, with errors that name the key and the value."""
+    try:
+        return PlatformConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """`train.epochs=3` sets raw['train']['epochs'] = 3; the value is parsed as YAML (numbers, bools, null)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        node[parts[-1]] = text
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (value {item['input']!r})")
+        elif item["type"] == "value_error":
+            lines.append(f"  {key or '<section>'}: {item['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {key}={item['input']!r}: {item['msg']}")
+    return "\n".join(lines)
