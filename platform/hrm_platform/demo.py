@@ -1,0 +1,235 @@
+"""The main job, end to end on an embedded local Ray cluster: `make demo` (= `hrm demo`).
+
+    data -> Ray Train (DDP, 2 workers) -> checkpoint -> backtest report -> engine export
+         -> Ray Serve on 127.0.0.1 -> a burst of real HTTP requests -> summary
+
+Every stage prints a line when it starts, so a user sees where the time goes. The summary is also written
+as `<out>/summary.json`, which the end-to-end test reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hrm_platform.config import PlatformConfig
+
+
+@dataclass
+class BurstResult:
+    """What a burst of HTTP requests against the live deployment showed."""
+
+    requests: int
+    errors: int
+    cache_hits: int
+    p50_ms: float
+    p99_ms: float
+    mean_segments: float
+    segments_limit: int
+    example: dict = field(default_factory=dict)
+    first_request: dict = field(default_factory=dict)
+
+
+@dataclass
+class DemoSummary:
+    checkpoint: str
+    report_dir: str
+    url: str
+    validation_accuracy: float | None
+    test_accuracy: float | None
+    sharpe: dict[str, float]
+    oracle_pnl_captured: float | None
+    engine_variant: str
+    engine_speedup_batch1: float | None
+    burst: BurstResult
+    stage_seconds: dict[str, float]
+    curl: str
+
+    def render(self) -> str:
+        sharpe = ", ".join(f"{name} {value:+.2f}" for name, value in self.sharpe.items())
+        burst = self.burst
+        lines = [
+            "",
+            "=" * 72,
+            "HRM demo summary",
+            "=" * 72,
+            f"validation accuracy   {_pct(self.validation_accuracy)}   test accuracy {_pct(self.test_accuracy)}",
+            f"Sharpe (test split)   {sharpe}",
+            f"oracle PnL captured   {_pct(self.oracle_pnl_captured)}",
+            f"engine                {self.engine_variant}"
+            + (f" ({self.engine_speedup_batch1:.2f}x eager fp32 at batch 1)" if self.engine_speedup_batch1 else ""),
+            f"HTTP burst            {burst.requests} requests, {burst.errors} errors, {burst.cache_hits} cache hits,"
+            f" p50 {burst.p50_ms:.1f} ms, p99 {burst.p99_ms:.1f} ms",
+            f"ACT segments          {burst.mean_segments:.2f} on average of at most {burst.segments_limit}",
+            f"checkpoint            {self.checkpoint}",
+            f"report and plots      {self.report_dir}/report.md",
+            f"stage times (s)       " + ", ".join(f"{k} {v:.0f}" for k, v in self.stage_seconds.items()),
+            f"try it                {self.curl}",
+            "=" * 72,
+        ]
+        return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+@contextmanager
+def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
+    print(f"\n==> {name}", flush=True)
+    started = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - started
+    print(f"    {name} done in {timings[name]:.1f} s", flush=True)
+
+
+def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool, out_dir: Path) -> int:
+    """Run every stage; returns the process exit code."""
+    from hrm_platform.evaluation.backtest import evaluate_checkpoint
+    from hrm_platform.serving.app import start_server
+    from hrm_platform.serving.export import export_engine
+    from hrm_platform.training.trainer import run_training
+
+    if data_path is not None:
+        config.data.source, config.data.path = "file", data_path
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.train.storage_path = str(out_dir / "runs")
+    timings: dict[str, float] = {}
+
+    with _stage("train (Ray Train, DDP)", timings):
+        training = run_training(config)
+    checkpoint = Path(training.checkpoint_path)
+    with _stage("evaluate (backtest on the test split)", timings):
+        evaluation = evaluate_checkpoint(checkpoint, out_dir / "report", data_path=data_path)
+        print(evaluation.summary(), flush=True)
+    with _stage("export (engine variants)", timings):
+        export = export_engine(checkpoint)
+        print(export.summary(), flush=True)
+    with _stage("serve (Ray Serve on 127.0.0.1)", timings):
+        url = start_server(checkpoint, config.serve)
+        print(f"    serving at {url}", flush=True)
+    try:
+        with _stage("HTTP burst", timings):
+            burst = send_burst(url, config)
+        summary = _summarise(config, checkpoint, out_dir, url, training, evaluation, export, burst, timings)
+        print(summary.render(), flush=True)
+        (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
+        if keep_serving:
+            _wait_for_interrupt(url)
+    finally:
+        _shutdown()
+    return 0 if burst.errors == 0 else 1
+
+
+def _summarise(config, checkpoint, out_dir, url, training, evaluation, export, burst, timings) -> DemoSummary:
+    metrics = evaluation.metrics
+    return DemoSummary(
+        checkpoint=str(checkpoint),
+        report_dir=str(out_dir / "report"),
+        url=url,
+        validation_accuracy=training.metrics.get("val_accuracy"),
+        test_accuracy=metrics.get("classification", {}).get("accuracy"),
+        sharpe={name: float(values["sharpe"]) for name, values in metrics.get("portfolio", {}).items()},
+        oracle_pnl_captured=metrics.get("oracle_pnl_captured"),
+        engine_variant=export.chosen_variant,
+        engine_speedup_batch1=export.speedup_batch1,
+        burst=burst,
+        stage_seconds=timings,
+        curl=curl_example(url, _write_example_request(out_dir, burst)),
+    )
+
+
+def _write_example_request(out_dir: Path, burst: BurstResult) -> Path:
+    path = out_dir / "example_request.json"
+    path.write_text(json.dumps(burst.first_request))
+    return path
+
+
+def client_windows(config: PlatformConfig, count: int) -> list[np.ndarray]:
+    """`count` raw OHLCV windows, each `bars_needed` long, spread over the most recent history: what a
+    client would send. (n, 5) float64 each."""
+    from hrm_platform.data.dataset import build_datasets
+
+    bundle = build_datasets(config.data)
+    needed = bundle.feature_spec.bars_needed
+    series = [frame[["open", "high", "low", "close", "volume"]].to_numpy() for frame in bundle.bars.values()]
+    per_series = -(-count // len(series))  # ceil
+    windows = []
+    for values in series:
+        ends = np.linspace(len(values) - per_series * 4, len(values), per_series, dtype=int)
+        windows += [values[end - needed : end] for end in ends if end >= needed]
+    return windows[:count]
+
+
+def send_burst(url: str, config: PlatformConfig, n_distinct: int = 48) -> BurstResult:
+    """Distinct requests (every fourth with a one-segment budget), then repeats of the first quarter,
+    which the replica's cache answers."""
+    import httpx
+
+    bars = client_windows(config, n_distinct)
+    bodies = [_body(window, max_segments=1 if i % 4 == 3 else None) for i, window in enumerate(bars)]
+    bodies += bodies[: max(1, len(bodies) // 4)]
+    latencies, segments, errors, hits, example = [], [], 0, 0, {}
+    with httpx.Client(base_url=url, timeout=30.0, headers=_auth_headers(config)) as client:
+        for body in bodies:
+            started = time.perf_counter()
+            response = client.post("/v1/predict", json=body)
+            latencies.append(1000 * (time.perf_counter() - started))
+            if response.status_code != 200:
+                errors += 1
+                continue
+            answer = response.json()
+            hits += bool(answer["cached"])
+            segments.append(answer["segments"])
+            example = example or answer
+    return BurstResult(
+        requests=len(bodies),
+        errors=errors,
+        cache_hits=hits,
+        p50_ms=float(np.percentile(latencies, 50)),
+        p99_ms=float(np.percentile(latencies, 99)),
+        mean_segments=float(np.mean(segments)) if segments else 0.0,
+        segments_limit=config.model.max_segments,
+        example=example,
+        first_request=bodies[0],
+    )
+
+
+def _body(window: np.ndarray, max_segments: int | None) -> dict:
+    return {"bars": np.round(window, 6).tolist(), "position": 0.0, "max_segments": max_segments}
+
+
+def _auth_headers(config: PlatformConfig) -> dict[str, str]:
+    import os
+
+    token = os.environ.get(config.serve.auth_token_env)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def curl_example(url: str, request_path: Path) -> str:
+    return f"curl -s {url}/v1/predict -H 'Content-Type: application/json' -d @{request_path}"
+
+
+def _shutdown() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _wait_for_interrupt(url: str) -> None:
+    print(f"\nServing at {url} (docs: {url}/docs). Press Ctrl-C to stop.", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
