@@ -1,0 +1,195 @@
+"""Evaluation plots as PNG files, drawn on bare `matplotlib.figure.Figure` objects.
+
+No pyplot: nothing here touches matplotlib's global backend or needs a display, so it is safe in a Ray
+worker, a test, or a headless server. Every function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 110
+MODEL_COLOR = "#c0392b"
+# Baselines get fixed, muted colours so that a strategy has the same colour in every figure.
+STRATEGY_COLORS = {
+    "model": MODEL_COLOR,
+    "oracle": "#2c3e50",
+    "buy_and_hold": "#2980b9",
+    "momentum": "#27ae60",
+    "flat": "#7f8c8d",
+}
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _color(name: str, fallback_index: int) -> str:
+    return STRATEGY_COLORS.get(name, f"C{fallback_index % 10}")
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_equity_curves(
+    equity: Mapping[str, np.ndarray], timestamps: Sequence | np.ndarray, path: Path, title: str
+) -> Path:
+    """One line per strategy (equity (N,) from 1.0), the model drawn thick and on top."""
+    figure = Figure(figsize=(10, 5.2))
+    axes = figure.add_subplot()
+    x_values = _x_axis(timestamps, len(next(iter(equity.values()))))
+    for index, (name, curve) in enumerate(equity.items()):
+        is_model = name == "model"
+        axes.plot(
+            x_values,
+            curve,
+            label=f"{_label(name)} ({curve[-1] - 1:+.1%})",
+            color=_color(name, index),
+            linewidth=2.4 if is_model else 1.3,
+            zorder=3 if is_model else 2,
+            linestyle=":" if name == "flat" else "-",
+        )
+    axes.axhline(1.0, color="black", linewidth=0.6, alpha=0.5)
+    axes.set_title(title)
+    axes.set_ylabel("equity (start = 1.0)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize=9, framealpha=0.9)
+    figure.autofmt_xdate()
+    return _save(figure, path)
+
+
+def plot_drawdowns(
+    drawdowns: Mapping[str, np.ndarray], timestamps: Sequence | np.ndarray, path: Path, title: str
+) -> Path:
+    """Drawdown below the running peak (drawdown (N,) as a positive fraction), drawn downwards in %."""
+    figure = Figure(figsize=(10, 4.2))
+    axes = figure.add_subplot()
+    x_values = _x_axis(timestamps, len(next(iter(drawdowns.values()))))
+    for index, (name, curve) in enumerate(drawdowns.items()):
+        if name == "flat":
+            continue  # always 0: it would only hide the axis
+        is_model = name == "model"
+        color = _color(name, index)
+        axes.plot(
+            x_values,
+            -100 * curve,
+            label=f"{_label(name)} (max {curve.max():.1%})",
+            color=color,
+            linewidth=2.0 if is_model else 1.1,
+            zorder=3 if is_model else 2,
+        )
+        if is_model:
+            axes.fill_between(x_values, -100 * curve, 0, color=color, alpha=0.15, zorder=1)
+    axes.set_title(title)
+    axes.set_ylabel("drawdown (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize=9, framealpha=0.9)
+    figure.autofmt_xdate()
+    return _save(figure, path)
+
+
+def plot_training_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:
+    """Per-epoch metrics from the checkpoint manifest: losses in one panel, accuracies in another.
+
+    `history` is the manifest's list of per-epoch dicts; keys with 'loss' go left, keys with 'acc' right,
+    other numeric keys (e.g. segments) are left out. With no history the figure says so instead of failing.
+    """
+    figure = Figure(figsize=(10, 4.2))
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    series = _numeric_series(history)
+    epochs = _epochs(history)
+    for name, values in series.items():
+        if "loss" in name:
+            loss_axes.plot(epochs, values, marker="o", label=_label(name))
+        elif "acc" in name:
+            accuracy_axes.plot(epochs, values, marker="o", label=_label(name))
+    for axes, title in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        if axes.get_lines():
+            axes.legend(fontsize=9)
+        else:
+            axes.text(0.5, 0.5, f"no {title} recorded", ha="center", va="center", transform=axes.transAxes)
+    figure.suptitle("training curves (from the checkpoint manifest)")
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+    """Counts with row-normalised shading (rows = true action, columns = predicted)."""
+    matrix = np.asarray(matrix)
+    row_share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    figure = Figure(figsize=(5.6, 4.8))
+    axes = figure.add_subplot()
+    image = axes.imshow(row_share, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(matrix):
+        share = row_share[row, column]
+        axes.text(column, row, f"{count}\n{share:.0%}", ha="center", va="center",
+                  color="white" if share > 0.55 else "black", fontsize=11)
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, labels=list(class_names))
+    axes.set_yticks(ticks, labels=list(class_names))
+    axes.set_xlabel("predicted action")
+    axes.set_ylabel("true action (label)")
+    axes.set_title("confusion matrix, test split")
+    figure.colorbar(image, ax=axes, label="share of the true class")
+    return _save(figure, path)
+
+
+def plot_segments_histogram(counts: Mapping[str, int], path: Path) -> Path:
+    """Bar chart of how many ACT segments inference used per window (`counts`: '1'..'M' -> windows)."""
+    segments = [int(key) for key in counts]
+    values = [counts[key] for key in counts]
+    total = max(sum(values), 1)
+    figure = Figure(figsize=(6.4, 4.2))
+    axes = figure.add_subplot()
+    bars = axes.bar(segments, values, color="#8e44ad", width=0.7)
+    for bar, value in zip(bars, values):
+        axes.annotate(f"{value / total:.0%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                      ha="center", va="bottom", fontsize=10)
+    axes.set_xticks(segments)
+    axes.set_xlabel("segments used (ACT halting)")
+    axes.set_ylabel("windows")
+    axes.set_title(f"ACT segments per decision (mean {np.dot(segments, values) / total:.2f})")
+    axes.grid(axis="y", alpha=0.3)
+    axes.margins(y=0.12)
+    return _save(figure, path)
+
+
+def _x_axis(timestamps: Sequence | np.ndarray | None, length: int) -> np.ndarray:
+    """Timestamps for the x axis when they match the curves, else the bar number."""
+    if timestamps is not None and len(timestamps) == length:
+        return np.asarray(timestamps)
+    return np.arange(length)
+
+
+def _numeric_series(history: Sequence[Mapping]) -> dict[str, list[float]]:
+    """Numeric keys of the epoch records (nested dicts flattened to 'train_loss') -> values, NaN where missing."""
+    flat_records = [_flatten(record) for record in history]
+    keys: list[str] = []
+    for record in flat_records:
+        keys.extend(key for key in record if key not in keys and key != "epoch")
+    return {key: [record.get(key, np.nan) for record in flat_records] for key in keys}
+
+
+def _flatten(record: Mapping, prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, prefix=f"{name}_"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def _epochs(history: Sequence[Mapping[str, float]]) -> list[float]:
+    return [float(record.get("epoch", index + 1)) for index, record in enumerate(history)]
