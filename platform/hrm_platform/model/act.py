@@ -1,0 +1,299 @@
+"""Deep supervision with ACT halting (HRM paper, Fig. 4) and ACT inference.
+
+Training, per batch (`deep_supervision_step`):
+
+    carry = initial carry
+    for segment in 1..M:
+        carry, outputs = model(carry, windows)        # carry comes back detached
+        loss = CE(action) + w_q * quantity MSE + w_act * (BCE(q_halt, correct) + BCE(q_continue, target))
+        backward; clip; optimizer step                # one step per segment
+        halt samples with q_halt > q_continue (not before their exploration minimum)
+        stop when every sample on every rank has halted
+
+Q targets follow the paper: q_halt's target is whether the segment's action is right (the reward of
+stopping now); q_continue's target bootstraps from the next segment, computed under no_grad from the new
+carry: sigmoid(next q_halt) if the next segment is the last one, else sigmoid(max(next q_halt, next
+q_continue)). The last segment has no q_continue target (continuing is impossible there), so its q_continue
+loss is masked. Exploration: with probability epsilon a sample gets a minimum of uniform{2..M} segments
+before it may halt, so the Q head also sees what later segments achieve.
+
+Inference (`act_inference`) runs a plain segment function (eager, compiled or int8) under no_grad; each
+sample stops at q_halt > q_continue or at its own budget, and its outputs are frozen from then on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hrm_platform.model.hrm import HRM, HRMCarry, HRMOutputs, unwrap_model
+
+SegmentFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]
+
+
+@dataclass
+class SegmentStepMetrics:
+    """What one deep-supervision step did; lists have one entry per segment run.
+
+    loss: the optimised (masked) loss; accuracy: action accuracy over the whole batch at that segment (halted
+    samples are still computed, only not trained); active_fraction: share of samples still running;
+    segments_used: mean over samples of the segment at which each halted (M if it never did).
+    """
+
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    segments_used: float = 0.0
+    active_fraction: list[float] = field(default_factory=list)
+    q_halt_accuracy: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+
+    @property
+    def segments_run(self) -> int:
+        return len(self.loss)
+
+
+@dataclass
+class SegmentLosses:
+    """Per-sample loss terms of one segment, each (B,)."""
+
+    action: Tensor
+    quantity: Tensor
+    q_halt: Tensor
+    q_continue: Tensor
+
+
+@dataclass
+class ActResult:
+    """ACT inference: probabilities (B, 3), quantity (B,), confidence (B,), segments_used (B,) int64, q_halt (B,)."""
+
+    probabilities: Tensor
+    quantity: Tensor
+    confidence: Tensor
+    segments_used: Tensor
+    q_halt: Tensor
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def deep_supervision_step(
+    model: nn.Module,
+    windows: Tensor,
+    actions: Tensor,
+    quantities: Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    max_segments: int,
+    halt_exploration: float,
+    quantity_loss_weight: float,
+    q_loss_weight: float,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float | None = None,
+    all_ranks_halted: Callable[[bool], bool] = lambda flag: flag,
+    before_optimizer_step: Callable[[], None] | None = None,
+) -> SegmentStepMetrics:
+    """Deep supervision on one batch: windows (B, W, F), actions (B,) int64, quantities (B,) float in [0, 1].
+
+    `model` is the HRM or a DDP wrapper of it (only `model(carry, windows)` is called with gradients).
+    Every rank runs the same number of segments: the loop leaves early only when `all_ranks_halted(flag)`,
+    given this rank's "all my samples halted", returns True (pass an all-reduce under DDP).
+    `before_optimizer_step()` is called after backward and clipping, right before each optimizer step.
+    """
+    hrm = unwrap_model(model)
+    batch_size = windows.shape[0]
+    device = windows.device
+    carry = hrm.initial_carry(batch_size, device)
+    halted = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    segments_used = torch.full((batch_size,), max_segments, dtype=torch.int64, device=device)
+    min_segments = exploration_min_segments(batch_size, max_segments, halt_exploration, device)
+    metrics = SegmentStepMetrics()
+    for segment_number in range(1, max_segments + 1):
+        active = ~halted  # (B,) samples that still train at this segment
+        with _autocast(device, autocast_dtype):
+            carry, outputs = model(carry, windows)
+        is_last = segment_number == max_segments
+        continue_target = None if is_last else _q_continue_target(hrm, carry, windows, segment_number + 1 == max_segments, autocast_dtype)
+        losses = segment_losses(outputs, actions, quantities, continue_target)
+        per_sample = losses.action + quantity_loss_weight * losses.quantity + q_loss_weight * (losses.q_halt + losses.q_continue)
+        loss = (per_sample * active).sum() / batch_size  # halted samples stop contributing
+        grad_norm = _backward_and_step(model, loss, optimizer, scaler, grad_clip, before_optimizer_step)
+
+        halt_now = halting_decision(outputs, segment_number, max_segments, min_segments)
+        segments_used = torch.where(active & halt_now, segment_number, segments_used)
+        _record(metrics, outputs, actions, loss, active, grad_norm)
+        halted = halted | halt_now
+        if not is_last and all_ranks_halted(bool(halted.all())):
+            break
+    metrics.segments_used = float(segments_used.float().mean())
+    return metrics
+
+
+def exploration_min_segments(batch_size: int, max_segments: int, epsilon: float, device: torch.device | str) -> Tensor:
+    """(B,) int64: 1 for most samples; uniform{2..M} for a share epsilon of them (none when M == 1)."""
+    explore = torch.rand(batch_size, device=device) < epsilon
+    forced = torch.randint(2, max_segments + 1, (batch_size,), device=device) if max_segments > 1 else torch.ones(batch_size, dtype=torch.int64, device=device)
+    return torch.where(explore, forced, torch.ones_like(forced))
+
+
+def halting_decision(outputs: HRMOutputs, segment_number: int, max_segments: int, min_segments: Tensor) -> Tensor:
+    """(B,) bool: halt after this segment (training rule: Q says halt and the exploration minimum is met)."""
+    q_says_halt = (outputs.q_halt > outputs.q_continue) & (segment_number >= min_segments)
+    if segment_number >= max_segments:
+        return torch.ones_like(q_says_halt)
+    return q_says_halt
+
+
+def segment_losses(outputs: HRMOutputs, actions: Tensor, quantities: Tensor, q_continue_target: Tensor | None) -> SegmentLosses:
+    """Per-sample losses (B,); the q_halt target is 'the action is right'; q_continue is 0 without a target."""
+    action_loss = F.cross_entropy(outputs.action_logits, actions, reduction="none")
+    quantity_loss = (outputs.quantity - quantities.float()).pow(2)
+    correct = (outputs.action_logits.argmax(dim=-1) == actions).float()
+    q_halt_loss = F.binary_cross_entropy_with_logits(outputs.q_halt, correct, reduction="none")
+    if q_continue_target is None:
+        q_continue_loss = torch.zeros_like(q_halt_loss)
+    else:
+        q_continue_loss = F.binary_cross_entropy_with_logits(outputs.q_continue, q_continue_target, reduction="none")
+    return SegmentLosses(action_loss, quantity_loss, q_halt_loss, q_continue_loss)
+
+
+def _q_continue_target(hrm: HRM, carry: HRMCarry, windows: Tensor, next_is_last: bool, autocast_dtype: torch.dtype | None) -> Tensor:
+    """(B,) in [0, 1]: the value of continuing, bootstrapped from the next segment's Q logits (no grad)."""
+    with torch.no_grad(), _autocast(windows.device, autocast_dtype):
+        _, next_outputs = hrm(carry, windows)
+    if next_is_last:
+        return torch.sigmoid(next_outputs.q_halt)
+    return torch.sigmoid(torch.maximum(next_outputs.q_halt, next_outputs.q_continue))
+
+
+def _backward_and_step(
+    model: nn.Module,
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+    before_optimizer_step: Callable[[], None] | None,
+) -> float:
+    """Backward, optional unscale + clip, hook, step. Returns the gradient norm (nan when not clipped)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    grad_norm = float("nan")
+    if grad_clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    if before_optimizer_step is not None:
+        before_optimizer_step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return grad_norm
+
+
+def _record(metrics: SegmentStepMetrics, outputs: HRMOutputs, actions: Tensor, loss: Tensor, active: Tensor, grad_norm: float) -> None:
+    with torch.no_grad():
+        correct = outputs.action_logits.argmax(dim=-1) == actions  # (B,)
+        says_right = outputs.q_halt > 0  # the Q head's guess that the action is right
+        metrics.loss.append(float(loss.detach()))
+        metrics.accuracy.append(float(correct.float().mean()))
+        metrics.active_fraction.append(float(active.float().mean()))
+        metrics.q_halt_accuracy.append(float((says_right == correct).float().mean()))
+        metrics.grad_norm.append(grad_norm)
+
+
+def _autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+def act_inference(
+    segment_fn: SegmentFn,
+    x: Tensor,
+    carry: HRMCarry,
+    budgets: Tensor | None,
+    max_segments: int,
+    use_halting: bool = True,
+) -> ActResult:
+    """Run segments until every sample halted (q_halt > q_continue) or reached its budget.
+
+    x (B, W+1, D) from `HRM.embed`; budgets (B,) int64 clamped to 1..max_segments (None = max_segments).
+    A halted sample's outputs are frozen; the batch keeps a fixed shape (compiled functions do not
+    recompile). `use_halting=False` runs every sample to its budget (the reference for ACT's accuracy cost).
+    """
+    batch_size = x.shape[0]
+    device = x.device
+    limits = _segment_limits(budgets, batch_size, max_segments, device)  # (B,)
+    probabilities = torch.zeros(batch_size, 3, device=device)
+    quantity = torch.zeros(batch_size, device=device)
+    q_halt = torch.zeros(batch_size, device=device)
+    segments_used = torch.zeros(batch_size, dtype=torch.int64, device=device)
+    halted = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    z_H, z_L = carry.z_H, carry.z_L
+    with torch.no_grad():
+        for segment_number in range(1, int(limits.max()) + 1):
+            z_H, z_L, logits, segment_quantity, segment_q_halt, segment_q_continue = segment_fn(z_H, z_L, x)
+            running = ~halted  # (B,)
+            probabilities = torch.where(running[:, None], torch.softmax(logits.float(), dim=-1), probabilities)
+            quantity = torch.where(running, segment_quantity.float(), quantity)
+            q_halt = torch.where(running, segment_q_halt.float(), q_halt)
+            segments_used = torch.where(running, segment_number, segments_used)
+            halt_now = segment_number >= limits
+            if use_halting:
+                halt_now = halt_now | (segment_q_halt > segment_q_continue)
+            halted = halted | halt_now
+            if bool(halted.all()):
+                break
+    confidence = probabilities.max(dim=-1).values
+    return ActResult(probabilities, quantity, confidence, segments_used, q_halt)
+
+
+def _segment_limits(budgets: Tensor | None, batch_size: int, max_segments: int, device: torch.device) -> Tensor:
+    if budgets is None:
+        return torch.full((batch_size,), max_segments, dtype=torch.int64, device=device)
+    if budgets.shape != (batch_size,):
+        raise ValueError(f"budgets must have shape ({batch_size},), got {tuple(budgets.shape)}")
+    return budgets.to(device=device, dtype=torch.int64).clamp(1, max_segments)
+
+
+def predict(
+    model: nn.Module,
+    windows: Tensor,
+    max_segments: int | None = None,
+    budgets: Tensor | None = None,
+    use_halting: bool = True,
+) -> ActResult:
+    """ACT inference of an eager HRM on windows (B, W, F); max_segments defaults to the model's M."""
+    hrm = unwrap_model(model)
+    limit = hrm.config.max_segments if max_segments is None else max_segments
+    with torch.no_grad():
+        x = hrm.embed(windows)  # (B, W+1, D)
+        carry = hrm.initial_carry(windows.shape[0], windows.device)
+        return act_inference(hrm.segment, x, carry, budgets, limit, use_halting)
+
+
+def outputs_per_segment(model: nn.Module, windows: Tensor, n_segments: int) -> list[HRMOutputs]:
+    """The heads after each of n_segments segments, no halting (for accuracy-per-segment analyses)."""
+    hrm = unwrap_model(model)
+    results = []
+    with torch.no_grad():
+        x = hrm.embed(windows)
+        carry = hrm.initial_carry(windows.shape[0], windows.device)
+        z_H, z_L = carry.z_H, carry.z_L
+        for _ in range(n_segments):
+            z_H, z_L, logits, quantity, q_halt, q_continue = hrm.segment(z_H, z_L, x)
+            results.append(HRMOutputs(logits, quantity, q_halt, q_continue))
+    return results
