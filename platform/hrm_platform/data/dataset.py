@@ -1,0 +1,272 @@
+"""Lazy windows, labels and chronological splits.
+
+A sample is the window of normalised feature rows ending at bar t of one instrument, labelled from the
+realised forward log return over `horizon` bars:
+
+    fwd_t = log(close[t + h] / close[t]),    threshold_t = label_threshold * vol_t * sqrt(h)
+    action = buy if fwd_t > threshold_t, sell if fwd_t < -threshold_t, else hold
+    quantity = clip((|fwd_t| - threshold_t) / (vol_t * sqrt(h)), 0, 1) for buy/sell, 0 for hold
+
+where vol_t is the causal rolling std of one-bar log returns (features.rolling_volatility). Windows are
+sliced on access from one (T, F) array per instrument, which train/val/test share.
+
+Splits are chronological per instrument: train ends, then val ends, then test ends. Between two splits,
+`embargo` whole bars separate the last bar a split touches (its last label, t + h) from the first bar the
+next split's windows read (t - window + 1), so no window or label horizon crosses a split.
+
+    bundle = build_datasets(load_config("jobs/configs/smoke.yaml").data)
+    window, action, quantity = bundle.train[0]   # (W, F) float32, () int64, () float32
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hrm_platform.config import DataConfig
+from hrm_platform.data.features import (
+    FEATURE_NAMES,
+    LOOKBACK,
+    FeatureSpec,
+    FeatureStats,
+    compute_features,
+    rolling_volatility,
+)
+from hrm_platform.data.market import REGIME_NAMES, SyntheticMarket, generate_market
+from hrm_platform.data.ohlcv import BAR_COLUMNS, load_ohlcv
+
+ACTIONS = ("hold", "buy", "sell")  # class ids 0, 1, 2
+HOLD, BUY, SELL = 0, 1, 2
+SPLITS = ("train", "val", "test")
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Windows (W, F) sliced on demand from per-instrument feature arrays; nothing N x W x F is stored."""
+
+    def __init__(
+        self,
+        features: list[np.ndarray],
+        actions: list[np.ndarray],
+        quantities: list[np.ndarray],
+        index: np.ndarray,
+        window: int,
+    ) -> None:
+        self.features = features  # per instrument (T_i, F) float32, normalised; shared between splits
+        self.actions = actions  # per instrument (T_i,) int64
+        self.quantities = quantities  # per instrument (T_i,) float32
+        self.index = index  # (N, 2) int64 rows of (instrument, end_t)
+        self.window = window
+        self.n_features = features[0].shape[1] if features else len(FEATURE_NAMES)
+
+    def __len__(self) -> int:
+        return self.index.shape[0]
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        instrument, end = (int(v) for v in self.index[position])
+        rows = self.features[instrument][end - self.window + 1 : end + 1]  # (W, F) view
+        return (
+            torch.from_numpy(rows.copy()),
+            torch.tensor(self.actions[instrument][end], dtype=torch.int64),
+            torch.tensor(self.quantities[instrument][end], dtype=torch.float32),
+        )
+
+    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gather many samples at once: (B, W, F) float32, (B,) int64, (B,) float32 (evaluation, benchmarks)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        windows = np.empty((positions.shape[0], self.window, self.n_features), dtype=np.float32)
+        actions = np.empty(positions.shape[0], dtype=np.int64)
+        quantities = np.empty(positions.shape[0], dtype=np.float32)
+        offsets = np.arange(-self.window + 1, 1)  # (W,)
+        selected = self.index[positions]  # (B, 2)
+        for instrument in np.unique(selected[:, 0]):
+            mask = selected[:, 0] == instrument
+            ends = selected[mask, 1]
+            windows[mask] = self.features[instrument][ends[:, None] + offsets]  # (b, W, F)
+            actions[mask] = self.actions[instrument][ends]
+            quantities[mask] = self.quantities[instrument][ends]
+        return torch.from_numpy(windows), torch.from_numpy(actions), torch.from_numpy(quantities)
+
+    def action_counts(self) -> np.ndarray:
+        """(3,) int64 number of samples per action class."""
+        counts = np.zeros(len(ACTIONS), dtype=np.int64)
+        for instrument in np.unique(self.index[:, 0]):
+            ends = self.index[self.index[:, 0] == instrument, 1]
+            counts += np.bincount(self.actions[instrument][ends], minlength=len(ACTIONS))
+        return counts
+
+
+@dataclass
+class DatasetBundle:
+    train: WindowDataset
+    val: WindowDataset
+    test: WindowDataset
+    feature_spec: FeatureSpec
+    symbols: list[str]
+    bars: dict[str, pd.DataFrame]  # raw bars per symbol
+    forward_log_return: dict[str, np.ndarray]  # (T,) realised log(close[t+h] / close[t]); NaN at the end
+    market: SyntheticMarket | None  # the oracle, synthetic data only
+    config: DataConfig | None = None
+    source: str = "synthetic"
+    split_ends: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # symbol -> split -> [start, stop)
+
+    def split(self, name: str) -> WindowDataset:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return getattr(self, name)
+
+    def majority_fraction(self, split: str) -> float:
+        """Share of the most frequent action in a split (the accuracy of always predicting it)."""
+        counts = self.split(split).action_counts()
+        return float(counts.max() / counts.sum()) if counts.sum() else float("nan")
+
+
+def label_actions(close: np.ndarray, horizon: int, label_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T,) close -> actions (T,) int64, quantities (T,) float32, forward log returns (T,) float64.
+
+    Rows without a label (no bar t + h, or no volatility yet) are hold / 0 / NaN and are never indexed.
+    """
+    log_close = np.log(np.asarray(close, dtype=np.float64))
+    forward = np.full_like(log_close, np.nan)
+    forward[:-horizon] = log_close[horizon:] - log_close[:-horizon]
+    scale = rolling_volatility(close) * np.sqrt(horizon)  # (T,) one-sigma move over the horizon
+    threshold = label_threshold * scale
+    with np.errstate(invalid="ignore", divide="ignore"):
+        actions = np.where(forward > threshold, BUY, np.where(forward < -threshold, SELL, HOLD)).astype(np.int64)
+        excess = (np.abs(forward) - threshold) / np.where(scale > 0, scale, np.inf)
+    quantities = np.where(actions == HOLD, 0.0, np.clip(np.nan_to_num(excess), 0.0, 1.0)).astype(np.float32)
+    return actions, quantities, forward
+
+
+def split_ranges(
+    n_bars: int, window: int, horizon: int, embargo: int, val_fraction: float, test_fraction: float
+) -> dict[str, tuple[int, int]]:
+    """End-bar ranges [start, stop) per split for one instrument of `n_bars` bars.
+
+    A window ending at t reads feature rows t - window + 1 .. t (each needing LOOKBACK earlier bars) and its
+    label reads bar t + horizon. Consecutive splits are `window + horizon + embargo` end bars apart, so the
+    later split's first window starts `embargo` bars after the earlier split's last label.
+    """
+    first_end, last_end = LOOKBACK + window - 1, n_bars - 1 - horizon
+    gap = window + horizon + embargo  # end-bar distance between the last end of a split and the next first end
+    fractions = {"val": val_fraction, "test": test_fraction}
+    n_gaps = sum(1 for value in fractions.values() if value > 0)
+    usable = last_end - first_end + 1 - n_gaps * (gap - 1)
+    sizes = {name: int(usable * value) for name, value in fractions.items()}
+    sizes["train"] = usable - sizes["val"] - sizes["test"]
+    if usable <= 0 or sizes["train"] <= 0 or any(sizes[name] <= 0 for name, value in fractions.items() if value > 0):
+        raise ValueError(
+            f"{n_bars} bars are too few for window {window}, lookback {LOOKBACK}, horizon {horizon}, embargo {embargo} "
+            f"and val/test fractions {val_fraction}/{test_fraction}"
+        )
+    ranges, start = {}, first_end
+    for name in SPLITS:
+        if sizes[name] > 0 and name != "train":
+            start += gap - 1
+        ranges[name] = (start, start + sizes[name])
+        start += sizes[name]
+    return ranges
+
+
+def min_bars(config: DataConfig) -> int:
+    """Rows an instrument needs for a single labelled window."""
+    return LOOKBACK + config.window + config.horizon
+
+
+def build_datasets(config: DataConfig, feature_stats: FeatureStats | None = None) -> DatasetBundle:
+    """Bars -> features -> labels -> chronological splits; stats are fitted on train rows unless given."""
+    market = None
+    if config.source == "synthetic":
+        market = generate_market(config.n_instruments, config.n_bars, config.seed, config.horizon)
+        bars = market.bars
+    else:
+        bars = load_ohlcv(config.path, min_rows=min_bars(config))
+    symbols = sorted(bars)
+    raw_features, actions, quantities, forward, ranges = [], [], [], {}, {}
+    for symbol in symbols:
+        values = bars[symbol][list(BAR_COLUMNS)].to_numpy(dtype=np.float64)  # (T, 5)
+        raw_features.append(compute_features(values))  # (T, F) float32, NaN before LOOKBACK
+        action, quantity, forward[symbol] = label_actions(values[:, 3], config.horizon, config.label_threshold)
+        actions.append(action)
+        quantities.append(quantity)
+        ranges[symbol] = _instrument_ranges(symbol, values.shape[0], config)
+    if feature_stats is None:
+        feature_stats = FeatureStats.fit(_train_rows(raw_features, [ranges[s]["train"] for s in symbols], config.window))
+    features = [feature_stats.apply(rows) for rows in raw_features]  # (T_i, F) float32 each
+    del raw_features
+    splits = {
+        name: WindowDataset(features, actions, quantities, _split_index([ranges[s][name] for s in symbols]), config.window)
+        for name in SPLITS
+    }
+    spec = FeatureSpec(names=FEATURE_NAMES, lookback=LOOKBACK, window=config.window, stats=feature_stats)
+    return DatasetBundle(
+        **splits,
+        feature_spec=spec,
+        symbols=symbols,
+        bars=dict(bars),
+        forward_log_return=forward,
+        market=market,
+        config=config,
+        source="synthetic" if market is not None else str(config.path),
+        split_ends=ranges,
+    )
+
+
+def _instrument_ranges(symbol: str, n_bars: int, config: DataConfig) -> dict[str, tuple[int, int]]:
+    try:
+        return split_ranges(
+            n_bars, config.window, config.horizon, config.embargo_bars, config.val_fraction, config.test_fraction
+        )
+    except ValueError as error:
+        raise ValueError(f"instrument {symbol}: {error}") from None
+
+
+def _train_rows(features: list[np.ndarray], train_ranges: list[tuple[int, int]], window: int) -> list[np.ndarray]:
+    """The feature rows that train windows read: (rows_i, F) per instrument."""
+    return [rows[start - window + 1 : stop] for rows, (start, stop) in zip(features, train_ranges)]
+
+
+def _split_index(ranges: list[tuple[int, int]]) -> np.ndarray:
+    """(N, 2) int64 (instrument, end_t) for every end bar of one split, instrument-major."""
+    parts = [
+        np.stack([np.full(stop - start, instrument), np.arange(start, stop)], axis=1)
+        for instrument, (start, stop) in enumerate(ranges)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, 2), dtype=np.int64)
+
+
+def describe_datasets(bundle: DatasetBundle) -> str:
+    """A readable summary for `hrm data`: instruments, bars, split sizes, class balance."""
+    spec = bundle.feature_spec
+    horizon = bundle.config.horizon if bundle.config else "?"
+    embargo = bundle.config.embargo_bars if bundle.config else "?"
+    lines = [
+        f"source: {bundle.source}",
+        f"window {spec.window} bars, lookback {spec.lookback}, horizon {horizon}, embargo {embargo}; "
+        f"{spec.n_features} features: {', '.join(spec.names)}",
+        "",
+        f"{'instrument':<12}{'bars':>9}  {'first bar':<17}  {'last bar':<17}",
+    ]
+    for symbol in bundle.symbols:
+        frame = bundle.bars[symbol]
+        first, last = (f"{stamp:%Y-%m-%d %H:%M}" for stamp in (frame.index[0], frame.index[-1]))
+        lines.append(f"{symbol:<12}{len(frame):>9}  {first:<17}  {last:<17}")
+    lines += ["", f"{'split':<8}{'windows':>9}" + "".join(f"{name:>8}" for name in ACTIONS) + f"{'majority':>10}"]
+    for name in SPLITS:
+        counts = bundle.split(name).action_counts()
+        shares = counts / max(counts.sum(), 1)
+        lines.append(
+            f"{name:<8}{counts.sum():>9}" + "".join(f"{share:>8.1%}" for share in shares) + f"{shares.max():>10.1%}"
+        )
+    if bundle.market is not None:
+        lines.append("")
+        lines.append("regime share: " + ", ".join(_regime_shares(bundle.market)))
+    return "\n".join(lines)
+
+
+def _regime_shares(market: SyntheticMarket) -> list[str]:
+    regimes = np.concatenate(list(market.regimes.values()))
+    counts = np.bincount(regimes, minlength=len(REGIME_NAMES)) / regimes.shape[0]
+    return [f"{name} {share:.1%}" for name, share in zip(REGIME_NAMES, counts)]
