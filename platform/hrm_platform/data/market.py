@@ -46,8 +46,8 @@ NEXT_REGIME = np.array([  # where an episode goes when it ends (rows sum to 1, z
     [0.5, 0.5, 0.0],
 ])
 VOL_MULTIPLIER = np.array([0.8, 0.9, 2.2])
-MEAN_REVERSION = np.array([0.0, 0.10, 0.0])  # kappa by regime
-DRIFT = 0.14  # |mu| in units of base_vol per bar while trending
+MEAN_REVERSION = np.array([0.0, 0.20, 0.0])  # kappa by regime
+DRIFT = 0.22  # |mu| in units of base_vol per bar while trending
 EMA_RATE = 0.03  # lam: the slow moving average the mean-reverting regime pulls towards (half-life ~23 bars)
 EGARCH_BETA, EGARCH_ALPHA, EGARCH_GAMMA = 0.98, 0.12, -0.04
 
