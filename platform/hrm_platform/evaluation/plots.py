@@ -193,3 +193,29 @@ def _flatten(record: Mapping, prefix: str = "") -> dict[str, float]:
 
 def _epochs(history: Sequence[Mapping[str, float]]) -> list[float]:
     return [float(record.get("epoch", index + 1)) for index, record in enumerate(history)]
+
+
+def plot_instrument_equity(
+    equity: Mapping[str, Mapping[str, np.ndarray]], timestamps: Mapping[str, Sequence], path: Path
+) -> Path:
+    """Small multiples: one panel per instrument with its strategies' equity curves (symbol -> name -> (N,))."""
+    symbols = list(equity)
+    columns = min(2, len(symbols))
+    rows = -(-len(symbols) // columns)
+    figure = Figure(figsize=(6.0 * columns, 3.3 * rows))
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for panel, symbol in zip(grid.flat, symbols):
+        for index, (name, curve) in enumerate(equity[symbol].items()):
+            panel.plot(_x_axis(timestamps.get(symbol), len(curve)), curve, label=_label(name),
+                       color=_color(name, index), linewidth=1.8 if name == "model" else 1.0,
+                       zorder=3 if name == "model" else 2)
+        panel.axhline(1.0, color="black", linewidth=0.6, alpha=0.5)
+        panel.set_title(symbol, fontsize=10)
+        panel.grid(alpha=0.3)
+        panel.tick_params(axis="x", labelrotation=25, labelsize=8)
+    for panel in list(grid.flat)[len(symbols):]:
+        panel.set_visible(False)
+    grid.flat[0].legend(fontsize=8, loc="upper left")
+    figure.suptitle("equity per instrument, test split")
+    figure.tight_layout()
+    return _save(figure, path)

@@ -1,0 +1,287 @@
+"""Turn a `BacktestResult` into out_dir/metrics.json, the PNGs and report.md (which links the PNGs)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hrm_platform.evaluation import metrics, plots
+from hrm_platform.evaluation.backtest import BacktestResult
+
+if TYPE_CHECKING:
+    from hrm_platform.config import DataConfig
+    from hrm_platform.training.checkpoint import LoadedCheckpoint
+
+ACTION_NAMES = ("hold", "buy", "sell")  # data.dataset.ACTIONS
+STRATEGY_ORDER = ("model", "oracle", "buy_and_hold", "momentum", "flat")
+PLOT_FILES = {
+    "equity": "equity.png",
+    "drawdown": "drawdown.png",
+    "equity_by_instrument": "equity_by_instrument.png",
+    "training_curves": "training_curves.png",
+    "confusion_matrix": "confusion_matrix.png",
+    "segments": "segments.png",
+}
+
+
+@dataclass
+class EvaluationReport:
+    out_dir: Path
+    metrics: dict[str, Any]
+    report_path: Path
+    metrics_path: Path
+    plot_paths: dict[str, Path]
+
+    def summary(self) -> str:
+        """A few lines for the terminal: the strategy table and the share of the oracle's PnL captured."""
+        lines = [f"backtest on the test split ({self.metrics['data']['test_start']} .. "
+                 f"{self.metrics['data']['test_end']}, {self.metrics['costs']['cost_bps']} bps per unit turnover)"]
+        lines.append(f"  {'strategy':<14}{'total':>9}{'sharpe':>9}{'max dd':>9}{'turnover':>10}")
+        for name, values in self.metrics["portfolio"].items():
+            lines.append(f"  {name:<14}{values['total_return']:>+9.2%}{values['sharpe']:>9.2f}"
+                         f"{values['max_drawdown']:>9.2%}{values['turnover']:>10.3f}")
+        lines.append(f"  test accuracy {self.metrics['classification']['accuracy']:.3f}, "
+                     f"mean ACT segments {self.metrics['segments']['mean']:.2f}")
+        captured = self.metrics.get("oracle_pnl_captured")
+        if captured is not None:
+            lines.append(f"  oracle PnL captured: {captured:.1%}")
+        lines.append(f"  report: {self.report_path}")
+        return "\n".join(lines)
+
+
+def write_report(
+    result: BacktestResult, loaded: LoadedCheckpoint, data_config: DataConfig, out_dir: Path
+) -> EvaluationReport:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = collect_metrics(result, loaded, data_config)
+    plot_paths = draw_plots(result, summary, _training_history(loaded.manifest), out_dir)
+    summary["plots"] = {name: path.name for name, path in plot_paths.items()}
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+    report_path = out_dir / "report.md"
+    report_path.write_text(render_markdown(summary))
+    return EvaluationReport(out_dir, summary, report_path, metrics_path, plot_paths)
+
+
+# --- metrics.json ---------------------------------------------------------------------------------------------
+
+
+def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, data_config: DataConfig) -> dict[str, Any]:
+    periods = result.periods_per_year
+    portfolio = _ordered(result.portfolio.strategy_metrics(periods))
+    decisions = list(result.decisions.values())
+    predicted = np.concatenate([d.actions for d in decisions])
+    true = np.concatenate(list(result.true_actions.values()))
+    positions = np.concatenate([d.positions for d in decisions])
+    config = loaded.config
+    return {
+        "checkpoint": str(loaded.directory),
+        "model_version": loaded.model_version,
+        "epoch": loaded.epoch,
+        "data": {
+            "source": data_config.source,
+            "path": None if data_config.path is None else str(data_config.path),
+            "symbols": [item.symbol for item in result.instruments],
+            "test_start": str(result.portfolio.timestamps[0]),
+            "test_end": str(result.portfolio.timestamps[-1]),
+            "decisions": int(len(predicted)),
+            "bars_per_year": periods,
+            "window": data_config.window,
+            "horizon": data_config.horizon,
+        },
+        "costs": {
+            "cost_bps": config.eval.cost_bps,
+            "momentum_lookback": config.eval.momentum_lookback,
+            "holding": "decide at every bar from the window ending there, hold one bar (close to close)",
+        },
+        "classification": metrics.classification_metrics(true, predicted, ACTION_NAMES),
+        "segments": metrics.segments_distribution(
+            np.concatenate([d.segments_used for d in decisions]), config.model.max_segments
+        ),
+        "positions": {
+            "long_share": float(np.mean(positions > 0)),
+            "short_share": float(np.mean(positions < 0)),
+            "flat_share": float(np.mean(positions == 0)),
+            "mean_abs_position": float(np.mean(np.abs(positions))),
+        },
+        "portfolio": portfolio,
+        "instruments": {item.symbol: _ordered(item.strategy_metrics(periods)) for item in result.instruments},
+        "oracle_pnl_captured": _oracle_capture(portfolio),
+        "model_beats": {
+            baseline: bool(portfolio["model"]["sharpe"] > portfolio[baseline]["sharpe"])
+            for baseline in ("buy_and_hold", "momentum")
+        },
+    }
+
+
+def _oracle_capture(portfolio: dict[str, dict]) -> float | None:
+    """Model PnL / oracle PnL (sums of net per-bar returns); None without an oracle or when it made nothing."""
+    oracle = portfolio.get("oracle")
+    if oracle is None or oracle["pnl"] <= 0:
+        return None
+    return portfolio["model"]["pnl"] / oracle["pnl"]
+
+
+def _ordered(by_strategy: dict[str, dict]) -> dict[str, dict]:
+    return {name: by_strategy[name] for name in STRATEGY_ORDER if name in by_strategy}
+
+
+def _training_history(manifest: dict[str, Any]) -> list[dict]:
+    recorded = manifest.get("metrics", {})
+    history = recorded.get("history") if isinstance(recorded, dict) else None
+    return [record for record in history or [] if isinstance(record, dict)]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# --- plots ----------------------------------------------------------------------------------------------------
+
+
+def draw_plots(
+    result: BacktestResult, summary: dict[str, Any], history: list[dict], out_dir: Path
+) -> dict[str, Path]:
+    portfolio = result.portfolio
+    order = [name for name in STRATEGY_ORDER if name in portfolio.runs]
+    title = f"equal-weight portfolio of {len(result.instruments)} instruments, test split"
+    paths = {
+        "equity": plots.plot_equity_curves(
+            {name: metrics.equity_curve(portfolio.runs[name].returns) for name in order},
+            portfolio.timestamps, out_dir / PLOT_FILES["equity"], f"equity: {title}",
+        ),
+        "drawdown": plots.plot_drawdowns(
+            {name: metrics.drawdown_curve(portfolio.runs[name].returns) for name in order},
+            portfolio.timestamps, out_dir / PLOT_FILES["drawdown"], f"drawdown: {title}",
+        ),
+        "equity_by_instrument": plots.plot_instrument_equity(
+            {item.symbol: {name: metrics.equity_curve(item.runs[name].returns)
+                           for name in order if name != "flat"} for item in result.instruments},
+            {item.symbol: item.timestamps for item in result.instruments},
+            out_dir / PLOT_FILES["equity_by_instrument"],
+        ),
+        "training_curves": plots.plot_training_curves(history, out_dir / PLOT_FILES["training_curves"]),
+        "confusion_matrix": plots.plot_confusion_matrix(
+            np.array(summary["classification"]["confusion_matrix"]), ACTION_NAMES,
+            out_dir / PLOT_FILES["confusion_matrix"],
+        ),
+        "segments": plots.plot_segments_histogram(summary["segments"]["counts"], out_dir / PLOT_FILES["segments"]),
+    }
+    return paths
+
+
+# --- report.md ------------------------------------------------------------------------------------------------
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    data, costs = summary["data"], summary["costs"]
+    files = summary["plots"]
+    source = "synthetic market" if data["source"] == "synthetic" else f"`{data['path']}`"
+    lines = [
+        "# Backtest report",
+        "",
+        f"Checkpoint `{summary['checkpoint']}` (model version `{summary['model_version']}`, epoch "
+        f"{summary['epoch']}), test split of the {source}: {len(data['symbols'])} instruments, "
+        f"{data['test_start']} to {data['test_end']}, {data['decisions']} decisions.",
+        "",
+        f"Positions: {costs['holding']}; model position = direction of the argmax action (buy +1, sell -1, "
+        f"hold 0) times the predicted quantity. Costs {costs['cost_bps']} bps per unit of turnover. Sharpe and "
+        f"Sortino annualised with {data['bars_per_year']} bars per year. Labels look {data['horizon']} bars ahead.",
+        "",
+        "## Model against baselines (equal-weight portfolio)",
+        "",
+        _strategy_table(summary["portfolio"]),
+        "",
+        _oracle_line(summary),
+        "",
+        f"![equity curves]({files['equity']})",
+        "",
+        f"![drawdown]({files['drawdown']})",
+        "",
+        "## Per instrument (Sharpe)",
+        "",
+        _instrument_table(summary["instruments"]),
+        "",
+        f"![equity by instrument]({files['equity_by_instrument']})",
+        "",
+        "## Decisions",
+        "",
+        _classification_text(summary),
+        "",
+        f"![confusion matrix]({files['confusion_matrix']})",
+        "",
+        f"ACT used {summary['segments']['mean']:.2f} segments on average (of at most "
+        f"{summary['segments']['max_segments']}).",
+        "",
+        f"![ACT segments]({files['segments']})",
+        "",
+        "## Training",
+        "",
+        f"![training curves]({files['training_curves']})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _strategy_table(portfolio: dict[str, dict]) -> str:
+    header = ("| strategy | total return | annualised | Sharpe | Sortino | max drawdown | hit rate | turnover | "
+              "exposure |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [
+        f"| {'**model**' if name == 'model' else name.replace('_', ' ')} | {m['total_return']:+.2%} | "
+        f"{m['annualised_return']:+.1%} | {m['sharpe']:.2f} | {m['sortino']:.2f} | {m['max_drawdown']:.2%} | "
+        f"{m['hit_rate']:.1%} | {m['turnover']:.3f} | {m['exposure']:.2f} |"
+        for name, m in portfolio.items()
+    ]
+    return "\n".join([header, *rows])
+
+
+def _instrument_table(instruments: dict[str, dict[str, dict]]) -> str:
+    names = list(next(iter(instruments.values())))
+    header = "| instrument | " + " | ".join(name.replace("_", " ") for name in names) + " |"
+    rule = "|---|" + "---:|" * len(names)
+    rows = [f"| {symbol} | " + " | ".join(f"{by_name[name]['sharpe']:.2f}" for name in names) + " |"
+            for symbol, by_name in instruments.items()]
+    return "\n".join([header, rule, *rows])
+
+
+def _oracle_line(summary: dict[str, Any]) -> str:
+    portfolio = summary["portfolio"]
+    beats = summary["model_beats"]
+    verdict = (f"The model's Sharpe {portfolio['model']['sharpe']:.2f} "
+               f"{'beats' if beats['buy_and_hold'] else 'does not beat'} buy and hold "
+               f"({portfolio['buy_and_hold']['sharpe']:.2f}) and "
+               f"{'beats' if beats['momentum'] else 'does not beat'} the momentum rule "
+               f"({portfolio['momentum']['sharpe']:.2f}).")
+    captured = summary.get("oracle_pnl_captured")
+    if "oracle" not in portfolio:
+        return verdict + " No oracle on real data."
+    if captured is None:
+        return verdict + " The oracle made no net PnL here, so no capture ratio."
+    return (verdict + f" **Oracle PnL captured: {captured:.1%}** (model PnL {portfolio['model']['pnl']:+.4f} / "
+            f"oracle PnL {portfolio['oracle']['pnl']:+.4f}, sums of net per-bar returns).")
+
+
+def _classification_text(summary: dict[str, Any]) -> str:
+    result = summary["classification"]
+    positions = summary["positions"]
+    per_class = ", ".join(
+        f"{name}: precision {result['precision'][name]:.2f} / recall {result['recall'][name]:.2f} "
+        f"(support {result['support'][name]})"
+        for name in result["class_names"]
+    )
+    return (f"Accuracy {result['accuracy']:.3f} on the test labels; {per_class}. The model was long "
+            f"{positions['long_share']:.0%}, short {positions['short_share']:.0%} and flat "
+            f"{positions['flat_share']:.0%} of the time, mean |position| {positions['mean_abs_position']:.2f}.")
