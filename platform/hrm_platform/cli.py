@@ -33,10 +33,15 @@ def _config(args: argparse.Namespace) -> PlatformConfig:
 def _cmd_data(args: argparse.Namespace) -> int:
     from hrm_platform.data.dataset import build_datasets, describe_datasets
 
-    config = _config(args)
-    if args.data is not None:
-        config.data.source, config.data.path = "file", args.data
-    print(describe_datasets(build_datasets(config.data)))
+    data_config = _config(args).data
+    if args.data is not None:  # both fields at once: assigning one by one trips the source/path validator
+        data_config = type(data_config).model_validate({**data_config.model_dump(), "source": "file", "path": args.data})
+    try:
+        bundle = build_datasets(data_config)
+    except ValueError as error:  # OHLCVError, or too few bars for the window/horizon/splits
+        print(f"hrm data: {error}", file=sys.stderr)
+        return 2
+    print(describe_datasets(bundle))
     return 0
 
 
