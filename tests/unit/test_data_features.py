@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hrm_platform.data.features import (
+    CHUNK,
     CLIP,
     FEATURE_NAMES,
     LOOKBACK,
@@ -139,3 +140,22 @@ def test_window_from_bars_needs_enough_bars(bars: np.ndarray) -> None:
 def test_compute_features_rejects_wrong_shape() -> None:
     with pytest.raises(ValueError, match=r"shape \(T, 5\)"):
         compute_features(np.ones((10, 4)))
+
+
+def test_blocked_computation_matches_rows_computed_alone() -> None:
+    """Long histories are computed in blocks of CHUNK rows; rows on either side of a seam are unaffected."""
+    frame = generate_market(n_instruments=1, n_bars=CHUNK + 200, seed=4, horizon=4).bars["SYN00"]
+    long_bars = frame[["open", "high", "low", "close", "volume"]].to_numpy()
+    features = compute_features(long_bars)
+    for t in (LOOKBACK + CHUNK - 1, LOOKBACK + CHUNK, LOOKBACK + CHUNK + 1):
+        alone = compute_features(long_bars[t - LOOKBACK : t + 1])[-1]
+        np.testing.assert_allclose(features[t], alone, rtol=1e-6, atol=1e-6)
+
+
+def test_apply_in_place_equals_apply_to_a_copy(bars: np.ndarray) -> None:
+    features = compute_features(bars)
+    stats = FeatureStats.fit([features[LOOKBACK:300]])
+    expected = stats.apply(features)
+    result = stats.apply(features, out=features)
+    assert result is features
+    np.testing.assert_array_equal(features, expected)

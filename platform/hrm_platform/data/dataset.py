@@ -194,8 +194,7 @@ def build_datasets(config: DataConfig, feature_stats: FeatureStats | None = None
         ranges[symbol] = _instrument_ranges(symbol, values.shape[0], config)
     if feature_stats is None:
         feature_stats = FeatureStats.fit(_train_rows(raw_features, [ranges[s]["train"] for s in symbols], config.window))
-    features = [feature_stats.apply(rows) for rows in raw_features]  # (T_i, F) float32 each
-    del raw_features
+    features = [feature_stats.apply(rows, out=rows) for rows in raw_features]  # normalised in place, (T_i, F)
     splits = {
         name: WindowDataset(features, actions, quantities, _split_index([ranges[s][name] for s in symbols]), config.window)
         for name in SPLITS

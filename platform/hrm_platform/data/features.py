@@ -14,6 +14,7 @@ import numpy as np
 
 SHORT, LONG = 8, 48  # bars in the short / long rolling windows
 LOOKBACK = LONG  # row t needs bars t - LOOKBACK .. t (ret_48 and 48 one-bar returns)
+CHUNK = 1 << 16  # rows per block when computing or normalising long histories
 CLIP = 5.0  # normalised features are clipped to [-CLIP, CLIP] standard deviations
 _TINY = 1e-12
 
@@ -35,16 +36,20 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 
 def compute_features(bars: np.ndarray) -> np.ndarray:
-    """(T, 5) float64 open/high/low/close/volume -> (T, F) float32; rows t < LOOKBACK are NaN."""
+    """(T, 5) float64 open/high/low/close/volume -> (T, F) float32; rows t < LOOKBACK are NaN.
+
+    Computed in blocks of CHUNK rows (each with LOOKBACK bars of history in front), which gives the same rows
+    as one pass, because a row only sees its own LOOKBACK bars, and keeps float64 temporaries small.
+    """
     bars = np.asarray(bars, dtype=np.float64)
     if bars.ndim != 2 or bars.shape[1] != 5:
         raise ValueError(f"bars must have shape (T, 5) in open/high/low/close/volume order, got {bars.shape}")
-    n_bars = bars.shape[0]
-    features = np.full((n_bars, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
-    if n_bars <= LOOKBACK:
-        return features
-    for column, values in enumerate(_feature_columns(bars)):
-        features[LOOKBACK:, column] = values[LOOKBACK:]
+    features = np.full((bars.shape[0], len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+    for start in range(LOOKBACK, bars.shape[0], CHUNK):
+        stop = min(start + CHUNK, bars.shape[0])
+        block = bars[start - LOOKBACK : stop]  # (LOOKBACK + rows, 5)
+        for column, values in enumerate(_feature_columns(block)):
+            features[start:stop, column] = values[LOOKBACK:]
     return features
 
 
@@ -115,19 +120,27 @@ class FeatureStats:
     @classmethod
     def fit(cls, feature_rows: list[np.ndarray]) -> FeatureStats:
         """Fit on a list of (T_i, F) arrays of finite rows (the train split of each instrument)."""
-        stacked_count = sum(rows.shape[0] for rows in feature_rows)
-        if stacked_count == 0:
+        count = sum(rows.shape[0] for rows in feature_rows)
+        if count == 0:
             raise ValueError("cannot fit feature statistics on zero rows")
-        total = sum(rows.astype(np.float64).sum(axis=0) for rows in feature_rows)
-        mean = total / stacked_count
-        square = sum(((rows.astype(np.float64) - mean) ** 2).sum(axis=0) for rows in feature_rows)
-        std = np.sqrt(square / stacked_count)
+        mean = sum(block.sum(axis=0) for block in _float64_blocks(feature_rows)) / count
+        square = sum(((block - mean) ** 2).sum(axis=0) for block in _float64_blocks(feature_rows))
+        std = np.sqrt(square / count)
         return cls(mean=mean, std=np.where(std > _TINY, std, 1.0))
 
-    def apply(self, features: np.ndarray) -> np.ndarray:
-        """(..., F) -> (..., F) float32, standardised and clipped to [-CLIP, CLIP]; NaN stays NaN."""
-        normalised = (np.asarray(features, dtype=np.float64) - self.mean) / self.std
-        return np.clip(normalised, -CLIP, CLIP).astype(np.float32)
+    def apply(self, features: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(..., F) -> (..., F) float32, standardised and clipped to [-CLIP, CLIP]; NaN stays NaN.
+
+        `out` (float32, same shape; may be `features` itself) avoids a second full-size array.
+        """
+        features = np.asarray(features)
+        out = np.empty(features.shape, dtype=np.float32) if out is None else out
+        flat_in = features.reshape(-1, features.shape[-1])
+        flat_out = out.reshape(-1, features.shape[-1], copy=False)  # a view: writes must land in `out`
+        for start in range(0, flat_in.shape[0], CHUNK):
+            block = flat_in[start : start + CHUNK].astype(np.float64)  # (rows, F)
+            flat_out[start : start + CHUNK] = np.clip((block - self.mean) / self.std, -CLIP, CLIP)
+        return out
 
     def to_dict(self) -> dict[str, list[float]]:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
@@ -177,6 +190,13 @@ class FeatureSpec:
         if spec.stats.mean.shape[0] != len(spec.names):
             raise ValueError(f"feature stats have {spec.stats.mean.shape[0]} entries for {len(spec.names)} features")
         return spec
+
+
+def _float64_blocks(feature_rows: list[np.ndarray]):
+    """Yield (rows, F) float64 blocks of at most CHUNK rows."""
+    for rows in feature_rows:
+        for start in range(0, rows.shape[0], CHUNK):
+            yield rows[start : start + CHUNK].astype(np.float64)
 
 
 def window_from_bars(bars: np.ndarray, spec: FeatureSpec) -> np.ndarray:
