@@ -246,7 +246,7 @@ def describe_datasets(bundle: DatasetBundle) -> str:
         f"window {spec.window} bars, lookback {spec.lookback}, horizon {horizon}, embargo {embargo}; "
         f"{spec.n_features} features: {', '.join(spec.names)}",
         "",
-        f"{'instrument':<12}{'bars':>9}  {'first bar':<17}  {'last bar':<17}",
+        f"{'instrument':<12}{'bars':>9}  {'first bar (UTC)':<17}  {'last bar (UTC)':<17}",
     ]
     for symbol in bundle.symbols:
         frame = bundle.bars[symbol]
@@ -262,7 +262,7 @@ def describe_datasets(bundle: DatasetBundle) -> str:
     if bundle.market is not None:
         lines.append("")
         lines.append("regime share: " + ", ".join(_regime_shares(bundle.market)))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _regime_shares(market: SyntheticMarket) -> list[str]:
