@@ -47,12 +47,17 @@ class HRMCarry:
 
 @dataclass
 class HRMOutputs:
-    """One segment's heads, float32: action_logits (B, 3), quantity (B,) in [0, 1], q_halt (B,), q_continue (B,)."""
+    """One segment's heads, float32: action_logits (B, 3), quantity (B,) in [0, 1], q_halt (B,), q_continue (B,).
+
+    summary (B, D): z_H's summary token, detached (what the heads read; deep supervision re-reads it to
+    train q_continue once the next segment's Q values are known). None where a caller has no z_H.
+    """
 
     action_logits: Tensor
     quantity: Tensor
     q_halt: Tensor
     q_continue: Tensor
+    summary: Tensor | None = None
 
 
 class ReasoningModule(nn.Module):
@@ -93,6 +98,10 @@ class DecisionHeads(nn.Module):
         quantity = torch.sigmoid(self.quantity(summary).float()[:, 0])  # (B,)
         q_values = self.q_values(summary).float()  # (B, 2)
         return action_logits, quantity, q_values[:, 0], q_values[:, 1]
+
+    def q_continue(self, summary: Tensor) -> Tensor:
+        """(B,) the q_continue logit alone, from a (detached) summary (B, D)."""
+        return self.q_values(summary.float()).float()[:, 1]
 
 
 class HRM(nn.Module):
@@ -159,7 +168,8 @@ class HRM(nn.Module):
         """One segment with the one-step gradient; the returned carry is detached."""
         x = self.embed(windows)  # (B, W+1, D)
         z_H, z_L, action_logits, quantity, q_halt, q_continue = self.segment(carry.z_H, carry.z_L, x)
-        return HRMCarry(z_H, z_L).detached(), HRMOutputs(action_logits, quantity, q_halt, q_continue)
+        carry = HRMCarry(z_H, z_L).detached()
+        return carry, HRMOutputs(action_logits, quantity, q_halt, q_continue, summary=carry.z_H[:, 0])
 
 
 def _truncated_normal(dim: int) -> Tensor:
