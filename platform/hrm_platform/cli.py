@@ -35,7 +35,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     data_config = _config(args).data
     if args.data is not None:  # both fields at once: assigning one by one trips the source/path validator
-        data_config = type(data_config).model_validate({**data_config.model_dump(), "source": "file", "path": args.data})
+        data_config = type(data_config).model_validate(
+            {**data_config.model_dump(), "source": "file", "path": args.data}
+        )
     try:
         bundle = build_datasets(data_config)
     except ValueError as error:  # OHLCVError, or too few bars for the window/horizon/splits

@@ -193,10 +193,13 @@ def build_datasets(config: DataConfig, feature_stats: FeatureStats | None = None
         quantities.append(quantity)
         ranges[symbol] = _instrument_ranges(symbol, values.shape[0], config)
     if feature_stats is None:
-        feature_stats = FeatureStats.fit(_train_rows(raw_features, [ranges[s]["train"] for s in symbols], config.window))
+        train_ranges = [ranges[symbol]["train"] for symbol in symbols]
+        feature_stats = FeatureStats.fit(_train_rows(raw_features, train_ranges, config.window))
     features = [feature_stats.apply(rows, out=rows) for rows in raw_features]  # normalised in place, (T_i, F)
     splits = {
-        name: WindowDataset(features, actions, quantities, _split_index([ranges[s][name] for s in symbols]), config.window)
+        name: WindowDataset(
+            features, actions, quantities, _split_index([ranges[symbol][name] for symbol in symbols]), config.window
+        )
         for name in SPLITS
     }
     spec = FeatureSpec(names=FEATURE_NAMES, lookback=LOOKBACK, window=config.window, stats=feature_stats)

@@ -172,7 +172,12 @@ class FeatureSpec:
         return len(self.names)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "lookback": self.lookback, "window": self.window, "stats": self.stats.to_dict()}
+        return {
+            "names": list(self.names),
+            "lookback": self.lookback,
+            "window": self.window,
+            "stats": self.stats.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> FeatureSpec:
@@ -205,6 +210,9 @@ def window_from_bars(bars: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if bars.ndim != 2 or bars.shape[1] != 5:
         raise ValueError(f"bars must have shape (N, 5), got {bars.shape}")
     if bars.shape[0] < spec.bars_needed:
-        raise ValueError(f"need at least {spec.bars_needed} bars (window {spec.window} + lookback {spec.lookback}), got {bars.shape[0]}")
+        raise ValueError(
+            f"need at least {spec.bars_needed} bars (window {spec.window} + lookback {spec.lookback}), "
+            f"got {bars.shape[0]}"
+        )
     features = compute_features(bars[-spec.bars_needed:])  # (bars_needed, F)
     return spec.stats.apply(features[-spec.window:])  # (window, F)

@@ -22,6 +22,10 @@ Each instrument is generated independently from its own child seed (so instrumen
    volume_t = V * exp(0.3 n4) * (0.5 + |r_t| / base_vol), so volume rises with absolute returns. All prices
    are positive and low <= open, close <= high by construction.
 
+Trending episodes move the price level like a random walk of drifts, so very long series wander far in
+log price (about e^±10 over a million bars); every feature and label uses log ratios, so nothing depends on
+the level.
+
 **Oracle.** Given the state at t (s_t, mu_t, e_t), the expected forward log return over h bars is linear in
 (mu_t, e_t) with coefficients that depend on s_t only: the chain is a Markov jump linear system, and
 `_oracle_coefficients` propagates E[state * 1{s = j}] through the transition matrix for h steps (a fresh
@@ -69,7 +73,9 @@ class SyntheticMarket:
 def generate_market(n_instruments: int, n_bars: int, seed: int, horizon: int) -> SyntheticMarket:
     """`n_instruments` symbols SYN00, SYN01, ... of `n_bars` bars each; deterministic in `seed`."""
     if n_instruments < 1 or n_bars < 2 or horizon < 1:
-        raise ValueError(f"need n_instruments >= 1, n_bars >= 2, horizon >= 1 (got {n_instruments}, {n_bars}, {horizon})")
+        raise ValueError(
+            f"need n_instruments >= 1, n_bars >= 2, horizon >= 1 (got {n_instruments}, {n_bars}, {horizon})"
+        )
     child_seeds = np.random.SeedSequence(seed).spawn(n_instruments)
     index = pd.date_range(START, periods=n_bars, freq=f"{BAR_MINUTES}min", name="timestamp")
     coefficients = _oracle_coefficients(horizon)  # (3, 2)

@@ -70,10 +70,11 @@ def load_ohlcv(path: Path, min_rows: int = 1) -> dict[str, pd.DataFrame]:
     if problem is not None:
         raise OHLCVError(f"{label(problem[0])}: {problem[1]}")
     symbols = table[columns["symbol"]].astype(str).to_numpy() if "symbol" in columns else np.full(len(table), path.stem)
-    return {
-        str(symbol): _instrument_frame(timestamps, values, np.flatnonzero(symbols == symbol), str(symbol), label, min_rows)
-        for symbol in pd.unique(symbols)
-    }
+    frames = {}
+    for symbol in pd.unique(symbols):
+        positions = np.flatnonzero(symbols == symbol)  # file rows of this symbol
+        frames[str(symbol)] = _instrument_frame(timestamps, values, positions, str(symbol), label, min_rows)
+    return frames
 
 
 class _RowLabel:
@@ -119,7 +120,8 @@ def _column_map(table: pd.DataFrame, path: Path) -> dict[str, str]:
     if not time_names:
         missing.append("date/timestamp")
     if missing:
-        raise OHLCVError(f"{path}: header: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, table.columns))})")
+        found = ", ".join(map(str, table.columns))
+        raise OHLCVError(f"{path}: header: missing column(s) {', '.join(missing)} (found: {found})")
     columns["time"] = normalised[time_names[0]]
     symbol_names = [name for name in SYMBOL_COLUMNS if name in normalised]
     if symbol_names:
