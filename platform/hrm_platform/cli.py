@@ -27,19 +27,18 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> PlatformConfig:
-    return load_config(args.config, args.overrides)
+    """The preset plus overrides; `--data FILE` is an override too, so it is validated like any other."""
+    overrides = list(args.overrides)
+    if getattr(args, "data", None) is not None:
+        overrides += ["data.source=file", f"data.path={args.data}"]
+    return load_config(args.config, overrides)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from hrm_platform.data.dataset import build_datasets, describe_datasets
 
-    data_config = _config(args).data
-    if args.data is not None:  # both fields at once: assigning one by one trips the source/path validator
-        data_config = type(data_config).model_validate(
-            {**data_config.model_dump(), "source": "file", "path": args.data}
-        )
     try:
-        bundle = build_datasets(data_config)
+        bundle = build_datasets(_config(args).data)
     except ValueError as error:  # OHLCVError, or too few bars for the window/horizon/splits
         print(f"hrm data: {error}", file=sys.stderr)
         return 2

@@ -90,14 +90,13 @@ def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
 
 
 def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool, out_dir: Path) -> int:
-    """Run every stage; returns the process exit code."""
+    """Run every stage; returns the process exit code. `config.data` already points at `data_path` when given
+    (the CLI turns `--data` into overrides); the path is passed on to the evaluation."""
     from hrm_platform.evaluation.backtest import evaluate_checkpoint
     from hrm_platform.serving.app import start_server
     from hrm_platform.serving.export import export_engine
     from hrm_platform.training.trainer import run_training
 
-    if data_path is not None:
-        config.data.source, config.data.path = "file", data_path
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     config.train.storage_path = str(out_dir / "runs")
