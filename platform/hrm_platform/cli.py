@@ -47,17 +47,26 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from hrm_platform.training.trainer import print_summary, run_training
+    from hrm_platform.training.trainer import TrainingError, print_summary, run_training
 
-    summary = run_training(_config(args), quiet=args.json)
+    try:
+        summary = run_training(_config(args), quiet=args.json)
+    except TrainingError as error:
+        print(f"hrm train: {error}", file=sys.stderr)
+        return 1
     print_summary(summary, as_json=args.json)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hrm_platform.evaluation.backtest import evaluate_checkpoint
+    from hrm_platform.training.checkpoint import CheckpointError
 
-    report = evaluate_checkpoint(args.checkpoint, args.out, data_path=args.data)
+    try:
+        report = evaluate_checkpoint(args.checkpoint, args.out, data_path=args.data)
+    except (CheckpointError, ValueError) as error:  # unreadable checkpoint, OHLCVError, too few bars for the split
+        print(f"hrm evaluate: {error}", file=sys.stderr)
+        return 2
     print(report.summary())
     return 0
 

@@ -314,6 +314,7 @@ def evaluate_checkpoint(checkpoint: Path, out_dir: Path, data_path: Path | None 
     `data_path`, that OHLCV file split the same way. Features are normalised with the checkpoint's stored
     statistics either way, exactly as serving does. Returns an `EvaluationReport`.
     """
+    from hrm_platform.config import validate_config
     from hrm_platform.data.dataset import build_datasets
     from hrm_platform.evaluation.report import write_report
     from hrm_platform.training.checkpoint import load_model
@@ -321,8 +322,12 @@ def evaluate_checkpoint(checkpoint: Path, out_dir: Path, data_path: Path | None 
     model, loaded = load_model(checkpoint)
     config = loaded.config
     data_config = config.data
-    if data_path is not None:
-        data_config = data_config.model_copy(update={"source": "file", "path": Path(data_path)})
+    if data_path is not None:  # validated as a whole (source and path must change together)
+        data_config = validate_config(
+            {**config.model_dump(mode="json"), "data": {**data_config.model_dump(mode="json"), "source": "file",
+                                                        "path": str(data_path)}},
+            source=f"{checkpoint} config with --data {data_path}",
+        ).data
     bundle = build_datasets(data_config, feature_stats=loaded.feature_spec.stats)
     result = run_backtest(
         model, bundle, loaded.feature_spec,
