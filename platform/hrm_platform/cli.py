@@ -80,15 +80,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    serve_config = _config(args).serve
+    if not (args.checkpoint / "manifest.json").is_file():
+        print(f"hrm serve: {args.checkpoint} is not a checkpoint directory (no manifest.json)", file=sys.stderr)
+        return 2
     from hrm_platform.serving.app import serve_forever
 
-    return serve_forever(args.checkpoint, _config(args).serve)
+    return serve_forever(args.checkpoint, serve_config)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from hrm_platform.serving.client import predict_from_file
+    import os
 
-    print(predict_from_file(args.url, args.bars, position=args.position, max_segments=args.max_segments))
+    from hrm_platform.data.ohlcv import OHLCVError
+    from hrm_platform.serving.client import ClientError, predict_from_file
+
+    token = os.environ.get(args.token_env) or None
+    try:
+        print(predict_from_file(args.url, args.bars, args.position, args.max_segments, token=token))
+    except (ClientError, OHLCVError) as error:
+        print(f"hrm predict: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -133,6 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--bars", type=Path, required=True)
     predict.add_argument("--position", type=float, default=0.0)
     predict.add_argument("--max-segments", type=int, default=None)
+    predict.add_argument("--token-env", default="HRM_API_TOKEN", help="env var holding the bearer token, if any")
     predict.set_defaults(handler=_cmd_predict)
 
     demo = commands.add_parser("demo", help="data -> train -> evaluate -> export -> serve -> requests")

@@ -142,7 +142,12 @@ class ServeConfig(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_bars: int = Field(4096, ge=1, description="bars per request")
     auth_token_env: str = Field("HRM_API_TOKEN", description="env var holding the bearer token; unset = no auth")
-    fast_ingress: bool = Field(True, description="Ray's HAProxy ingress + throughput-optimised data plane")
+    fast_ingress: bool = Field(
+        False,
+        description="Ray's HAProxy ingress + throughput-optimised data plane (much lower latency here). Off by "
+        "default: HAProxy's stats and Prometheus listeners bind all interfaces, and Ray 2.60 cannot bind them to "
+        "loopback",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
