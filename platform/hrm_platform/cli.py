@@ -72,9 +72,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from hrm_platform.serving.engine import EngineError
     from hrm_platform.serving.export import export_engine
+    from hrm_platform.serving.variants import VariantError
+    from hrm_platform.training.checkpoint import CheckpointError
 
-    report = export_engine(args.checkpoint, variants=args.variants)
+    try:
+        report = export_engine(args.checkpoint, variants=args.variants)
+    except (CheckpointError, EngineError, VariantError) as error:
+        print(f"hrm export: {error}", file=sys.stderr)
+        return 2
     print(report.summary())
     return 0
 

@@ -125,7 +125,9 @@ class ServeConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    engine_variant: Literal["auto", "eager", "compiled", "int8", "compiled_int8", "fp16", "bf16"] = "auto"
+    engine_variant: Literal[
+        "auto", "eager", "jit", "int8", "jit_int8", "compiled", "compiled_int8", "fp16", "bf16"
+    ] = Field("auto", description="auto = what `hrm export` chose (serving/variants.py lists them)")
     torch_threads: int = Field(1, ge=1)
     num_replicas: int | Literal["auto"] = Field(1, description="'auto' enables autoscaling")
     min_replicas: int = Field(1, ge=0)

@@ -92,10 +92,10 @@ def test_reader_without_nvml_device_falls_back_to_rss(monkeypatch, caplog):
 
     module._nvml_device_handles.cache_clear()
 
-    def broken_init():
-        raise RuntimeError("NVML Shared Library Not Found")
-
     import pynvml
+
+    def broken_init():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
 
     monkeypatch.setattr(pynvml, "nvmlInit", broken_init)
     with caplog.at_level(logging.INFO, logger=module.__name__):

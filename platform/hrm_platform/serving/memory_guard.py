@@ -194,9 +194,9 @@ def connect_memory_guard(
     import ray
 
     actor_class = ray.remote(num_cpus=0, max_restarts=-1)(MemoryGuard)
-    return actor_class.options(
-        name=name, namespace=namespace, lifetime="detached", get_if_exists=True
-    ).remote(limit_gb=limit_gb, soft_fraction=soft_fraction)
+    return actor_class.options(name=name, namespace=namespace, lifetime="detached", get_if_exists=True).remote(
+        limit_gb=limit_gb, soft_fraction=soft_fraction
+    )
 
 
 def stop_memory_guard(name: str = GUARD_NAME, namespace: str = GUARD_NAMESPACE) -> bool:
@@ -250,10 +250,13 @@ def _nvml_device_handles() -> tuple[Any, ...]:
     is logged, once per process."""
     try:
         import pynvml
-
+    except ImportError as error:
+        logger.info("no GPU memory readings (nvidia-ml-py not installed: %s); guarding process RSS", error)
+        return ()
+    try:
         pynvml.nvmlInit()
         return tuple(pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount()))
-    except Exception as error:  # pynvml missing, no driver, no device: all mean "no GPU readings"
+    except pynvml.NVMLError as error:  # no driver or no device: no GPU readings
         logger.info("no GPU memory readings (NVML unavailable: %s); guarding process RSS", error)
         return ()
 
@@ -327,7 +330,10 @@ class ReplicaMemoryMonitor:
         if directive != self.directive:
             logger.warning(
                 "memory guard: replica %s %s -> %s (%.1f MiB in use)",
-                self.replica_id, self.directive, directive, reading.guarded_bytes / 2**20,
+                self.replica_id,
+                self.directive,
+                directive,
+                reading.guarded_bytes / 2**20,
             )
         self.last_reading, self.directive = reading, directive
         now = time.monotonic()

@@ -1,0 +1,384 @@
+"""Inference engine: a verified checkpoint, one engine variant, ACT inference with per-request budgets.
+
+    engine = InferenceEngine.from_checkpoint("runs/smoke/best")          # what `hrm export` chose
+    engine.predict_bars([bars], budgets=[None], positions=[0.0])          # bars (N >= bars_needed, 5) OHLCV
+    engine.segments_for_deadline(5.0)                                     # budget that fits in 5 ms
+
+No Ray here: Serve replicas, benchmarks and tests use the same object. Requests carry raw bars; the engine
+builds the model's window with the checkpoint's `FeatureSpec` (the code and statistics training used), runs
+`act_inference` with the variant's segment function, and each sample stops at its own ACT halting decision
+or at its budget: `max_segments`, or a deadline turned into segments from the per-segment time the engine
+measured when it loaded (`segment_ms`, `fixed_ms`).
+
+Loading is quick by design: `hrm export` builds, measures and checks the variants once and writes
+`<checkpoint>/serving/serving_manifest.json` with the chosen one and its artefacts (sha256-listed). A replica
+verifies the checkpoint and those hashes, loads the artefact and warms up; nothing is compiled at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hrm_platform.data.dataset import ACTIONS
+from hrm_platform.data.features import FeatureSpec, window_from_bars
+from hrm_platform.model.act import ActResult, act_inference
+from hrm_platform.model.hrm import HRM
+from hrm_platform.serving.variants import (
+    VariantError,
+    engine_model,
+    load_segment,
+    variant_info,
+)
+from hrm_platform.training.checkpoint import CheckpointError, file_sha256, load_model
+
+logger = logging.getLogger(__name__)
+
+SERVING_DIR = "serving"
+SERVING_MANIFEST = "serving_manifest.json"
+SERVING_FORMAT_VERSION = 1
+_DIRECTION = {"hold": 0.0, "buy": 1.0, "sell": -1.0}  # sign of the target position per action
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be built as asked; the message names the checkpoint, variant and cause."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One decision. `target_position` = direction * quantity (hold = flat), as in the backtest;
+    `trade` = target_position - position (what to buy, negative = sell, from the caller's position)."""
+
+    action: str
+    quantity: float
+    confidence: float
+    probabilities: dict[str, float]
+    segments: int
+    position: float = 0.0
+    target_position: float = 0.0
+    trade: float = 0.0
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Batch-1 request time ~ fixed_ms + segments * segment_ms (features, embedding, ACT loop)."""
+
+    segment_ms: float
+    fixed_ms: float
+
+
+@dataclass(eq=False)
+class InferenceEngine:
+    """ACT inference of one checkpoint through one variant's segment function. Build with `from_checkpoint`."""
+
+    model: HRM  # embedding and initial carry, on `device` in the variant's dtype
+    segment_fn: Any  # (z_H, z_L, x) -> (z_H, z_L, logits, quantity, q_halt, q_continue)
+    variant: str
+    model_version: str
+    feature_spec: FeatureSpec
+    checkpoint_dir: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    latency: LatencyModel | None = None
+    load_seconds: float = 0.0
+
+    # ------------------------------------------------------------------------------------------- building
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        variant: str | None = None,
+        torch_threads: int = 1,
+        device: str | torch.device | None = None,
+    ) -> InferenceEngine:
+        """Verify and load a checkpoint and the variant export produced for it.
+
+        variant None: what `hrm export` chose (eager when never exported, or when the export belongs to
+        another model version or torch build: logged). A named variant that cannot load raises EngineError.
+        `torch_threads` sets torch's intra-op threads for this process (a replica owns its process).
+        """
+        started = time.perf_counter()
+        torch.set_num_threads(torch_threads)
+        checkpoint_dir = Path(path)
+        try:
+            hrm, loaded = load_model(checkpoint_dir)
+        except (CheckpointError, ValueError) as error:
+            raise EngineError(f"cannot load checkpoint {checkpoint_dir}: {error}") from error
+        serving = read_serving_manifest(checkpoint_dir, loaded.model_version)
+        name = variant if variant is not None else _exported_choice(serving, checkpoint_dir)
+        try:
+            target = torch.device(device) if device is not None else _default_device(name)
+            engine = cls._build(hrm, loaded.model_version, loaded.feature_spec, checkpoint_dir, name, target, serving)
+        except (VariantError, EngineError) as error:
+            if variant is not None:
+                raise EngineError(f"checkpoint {checkpoint_dir}: engine variant {name!r}: {error}") from error
+            logger.warning("exported engine variant %r does not load here (%s); serving eager fp32", name, error)
+            engine = cls._build(
+                hrm, loaded.model_version, loaded.feature_spec, checkpoint_dir, "eager", torch.device("cpu"), None
+            )
+        engine.warm_up()
+        engine.load_seconds = time.perf_counter() - started
+        return engine
+
+    @classmethod
+    def _build(
+        cls,
+        hrm: HRM,
+        model_version: str,
+        feature_spec: FeatureSpec,
+        checkpoint_dir: Path,
+        variant: str,
+        device: torch.device,
+        serving: dict[str, Any] | None,
+    ) -> InferenceEngine:
+        info = variant_info(variant)
+        serving_dir = None
+        if info.artefacts:
+            serving_dir = verified_artefacts(checkpoint_dir, serving, variant)
+        model = engine_model(hrm, variant, device)
+        example = example_segment_inputs(model, batch_size=2)
+        segment_fn = load_segment(model, variant, serving_dir, example)
+        return cls(model, segment_fn, variant, model_version, feature_spec, checkpoint_dir, device)
+
+    # ------------------------------------------------------------------------------------------ properties
+
+    @property
+    def bars_needed(self) -> int:
+        return self.feature_spec.bars_needed
+
+    @property
+    def max_segments(self) -> int:
+        return self.model.config.max_segments
+
+    @property
+    def segment_ms(self) -> float:
+        return self.latency.segment_ms if self.latency else float("nan")
+
+    # ------------------------------------------------------------------------------------------ inference
+
+    def run(self, windows: Tensor, budgets: Tensor | None = None, use_halting: bool = True) -> ActResult:
+        """windows (B, W, F) normalised -> ActResult; budgets (B,) int64 segments (None = max_segments)."""
+        windows = windows.to(self.device, self.model.z_H_init.dtype)
+        with torch.no_grad():
+            x = self.model.embed(windows)  # (B, W+1, D)
+            carry = self.model.initial_carry(windows.shape[0], self.device)
+            return act_inference(self.segment_fn, x, carry, budgets, self.max_segments, use_halting)
+
+    def predict_windows(
+        self,
+        windows: np.ndarray | Tensor,
+        budgets: Sequence[int | None] | None = None,
+        positions: Sequence[float] | None = None,
+    ) -> list[Prediction]:
+        """windows (B, W, F) normalised features -> one Prediction per window."""
+        windows = torch.as_tensor(np.asarray(windows, dtype=np.float32)) if not isinstance(windows, Tensor) else windows
+        batch_size = windows.shape[0]
+        result = self.run(windows, self._budget_tensor(budgets, batch_size))
+        return self._predictions(result, positions if positions is not None else [0.0] * batch_size)
+
+    def predict_bars(
+        self,
+        bars: Sequence[np.ndarray],
+        budgets: Sequence[int | None] | None = None,
+        positions: Sequence[float] | None = None,
+    ) -> list[Prediction]:
+        """Raw bars per request, each (N >= bars_needed, 5) open/high/low/close/volume -> Predictions.
+
+        Raises ValueError (message names the request) for a wrong shape or too few bars; values are
+        validated by the caller (data.ohlcv.find_bar_problem), as the HTTP layer does.
+        """
+        windows = np.stack([self._window(request_bars, i) for i, request_bars in enumerate(bars)])  # (B, W, F)
+        return self.predict_windows(windows, budgets, positions)
+
+    def segments_for_deadline(self, deadline_ms: float) -> int:
+        """Most segments whose measured batch-1 time fits in deadline_ms (at least 1, at most max_segments)."""
+        if deadline_ms <= 0:
+            raise ValueError(f"deadline_ms must be > 0, got {deadline_ms}")
+        if self.latency is None:
+            return self.max_segments
+        affordable = int((deadline_ms - self.latency.fixed_ms) // self.latency.segment_ms)
+        return max(1, min(self.max_segments, affordable))
+
+    # ------------------------------------------------------------------------------------------- warm-up
+
+    def warm_up(self, repeats: int = 7) -> LatencyModel:
+        """Run the request path (first calls of traced/compiled code are slow) and measure segment_ms and
+        fixed_ms at batch 1 for `segments_for_deadline`."""
+        bars = synthetic_bars(self.bars_needed)
+        example = example_segment_inputs(self.model, batch_size=1)
+        for _ in range(3):
+            self.predict_bars([bars], [self.max_segments])
+            with torch.no_grad():
+                self.segment_fn(*example)
+        segment_ms = _median_ms(lambda: self.segment_fn(*example), repeats)
+        one_segment_ms = _median_ms(lambda: self.predict_bars([bars], [1]), repeats)
+        self.latency = LatencyModel(segment_ms=segment_ms, fixed_ms=max(0.0, one_segment_ms - segment_ms))
+        return self.latency
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def _window(self, request_bars: np.ndarray, index: int) -> np.ndarray:
+        try:
+            return window_from_bars(request_bars, self.feature_spec)  # (W, F)
+        except ValueError as error:
+            raise ValueError(f"request {index}: {error}") from None
+
+    def _budget_tensor(self, budgets: Sequence[int | None] | None, batch_size: int) -> Tensor:
+        if budgets is None:
+            budgets = [None] * batch_size
+        if len(budgets) != batch_size:
+            raise ValueError(f"got {len(budgets)} budgets for {batch_size} requests")
+        values = []
+        for index, budget in enumerate(budgets):
+            if budget is not None and (isinstance(budget, bool) or int(budget) != budget or budget < 1):
+                raise ValueError(f"request {index}: max_segments must be an integer >= 1, got {budget!r}")
+            values.append(self.max_segments if budget is None else min(int(budget), self.max_segments))
+        return torch.tensor(values, dtype=torch.int64)  # (B,)
+
+    def _predictions(self, result: ActResult, positions: Sequence[float]) -> list[Prediction]:
+        probabilities = result.probabilities.float().cpu().numpy()  # (B, 3)
+        quantity = result.quantity.float().cpu().numpy()
+        confidence = result.confidence.float().cpu().numpy()
+        segments = result.segments_used.cpu().numpy()
+        predictions = []
+        for row, position in enumerate(positions):
+            action = ACTIONS[int(probabilities[row].argmax())]
+            target = _DIRECTION[action] * float(quantity[row])
+            predictions.append(
+                Prediction(
+                    action=action,
+                    quantity=float(quantity[row]),
+                    confidence=float(confidence[row]),
+                    probabilities={name: float(p) for name, p in zip(ACTIONS, probabilities[row])},
+                    segments=int(segments[row]),
+                    position=float(position),
+                    target_position=target,
+                    trade=target - float(position),
+                )
+            )
+        return predictions
+
+
+# ---------------------------------------------------------------------------------------- serving manifest
+
+
+def serving_dir(checkpoint_dir: Path) -> Path:
+    return Path(checkpoint_dir) / SERVING_DIR
+
+
+def read_serving_manifest(checkpoint_dir: Path, model_version: str) -> dict[str, Any] | None:
+    """The export's manifest when it exists and belongs to this model version and torch build, else None."""
+    path = serving_dir(checkpoint_dir) / SERVING_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EngineError(f"{path} is not valid JSON ({error}); run `hrm export` again") from None
+    if manifest.get("format_version") != SERVING_FORMAT_VERSION:
+        raise EngineError(
+            f"{path}: format_version {manifest.get('format_version')!r}, expected {SERVING_FORMAT_VERSION}"
+        )
+    if manifest.get("model_version") != model_version:
+        logger.warning("%s belongs to model %s, not %s: ignored", path, manifest.get("model_version"), model_version)
+        return None
+    if manifest.get("torch_version") != torch.__version__:
+        logger.warning(
+            "%s was exported with torch %s, this is %s: ignored", path, manifest.get("torch_version"), torch.__version__
+        )
+        return None
+    return manifest
+
+
+def verified_artefacts(checkpoint_dir: Path, serving: dict[str, Any] | None, variant: str) -> Path:
+    """The serving directory after checking the sha256 of every artefact this variant loads."""
+    directory = serving_dir(checkpoint_dir)
+    if serving is None:
+        raise EngineError(f"variant {variant!r} needs `hrm export --checkpoint {checkpoint_dir}` first")
+    listed = serving.get("files", {})
+    for name in variant_info(variant).artefacts:
+        if name not in listed:
+            raise EngineError(f"{directory / SERVING_MANIFEST} does not list {name}; the export skipped {variant!r}")
+        path = directory / name
+        if not path.is_file():
+            raise EngineError(f"{path} is listed in {SERVING_MANIFEST} but missing")
+        if file_sha256(path) != listed[name]:
+            raise EngineError(f"{path} failed its integrity check (sha256 differs from {SERVING_MANIFEST})")
+    return directory
+
+
+def _exported_choice(serving: dict[str, Any] | None, checkpoint_dir: Path) -> str:
+    if serving is None or not serving.get("chosen"):
+        logger.info(
+            "no serving manifest for %s: serving eager fp32 (run `hrm export` for a faster engine)", checkpoint_dir
+        )
+        return "eager"
+    return serving["chosen"]
+
+
+def _default_device(variant: str) -> torch.device:
+    return torch.device("cuda" if variant_info(variant).device == "cuda" else "cpu")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def example_segment_inputs(model: HRM, batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(z_H, z_L, x) of the engine's shapes, device and dtype: for tracing, exporting and warm-up."""
+    device = model.z_H_init.device
+    windows = torch.zeros(batch_size, model.window, model.n_features, device=device, dtype=model.z_H_init.dtype)
+    with torch.no_grad():
+        x = model.embed(windows)  # (B, W+1, D)
+    carry = model.initial_carry(batch_size, device)
+    return carry.z_H, carry.z_L, x
+
+
+def synthetic_bars(n_bars: int, seed: int = 0) -> np.ndarray:
+    """(n_bars, 5) plausible OHLCV (a random walk) for warm-up and timing; never used for decisions."""
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.002, n_bars)))
+    open_ = np.concatenate(([close[0]], close[:-1]))
+    spread = np.abs(rng.normal(0.0, 0.001, n_bars)) * close
+    high = np.maximum(open_, close) + spread
+    low = np.minimum(open_, close) - spread
+    volume = rng.uniform(1e3, 1e4, n_bars)
+    return np.stack([open_, high, low, close, volume], axis=1)
+
+
+def _median_ms(call: Any, repeats: int) -> float:
+    timings = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            timings.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(timings)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """`python -m hrm_platform.serving.engine CHECKPOINT --variant V`: load like a replica, print the figures
+    (export runs this in a fresh process to time a replica's start)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=_main.__doc__)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--variant", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    engine = InferenceEngine.from_checkpoint(args.checkpoint, variant=args.variant, torch_threads=args.threads)
+    print(json.dumps({"variant": engine.variant, "load_seconds": engine.load_seconds, "segment_ms": engine.segment_ms}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
