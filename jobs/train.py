@@ -1,0 +1,71 @@
+"""Train as a Ray job: config -> TorchTrainer on the job's cluster -> best checkpoint path (or --json summary).
+
+    RAY_AUTH_MODE=token RAY_API_SERVER_ADDRESS=http://127.0.0.1:8265 \\
+        ray job submit --working-dir . -- python -m jobs.train --config jobs/configs/smoke.yaml [key=value ...] [--json]
+
+Starting a loopback-only head node for that (see README, "Training"):
+
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --node-ip-address=127.0.0.1 --port=6380 \\
+        --dashboard-host=127.0.0.1 --dashboard-port=8265 --include-dashboard=true
+
+The job runs from a temporary copy of the working dir, so a relative `train.storage_path` is taken relative
+to ~/ray_results (Ray's default storage), not to that copy; on a multi-node cluster pass a shared path or a
+URI (`train.storage_path=s3://bucket/hrm-runs`). Submitting again with the same `train.name` and storage
+path resumes the run after its latest checkpoint. The package is imported from this checkout's `platform/`
+and shipped to the training workers, so nothing needs to be installed for it on the cluster beyond Ray and
+the dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1] / "platform"  # a source root, not a package
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    sys.path.insert(0, str(SOURCE_ROOT))  # this copy of hrm_platform, installed or not
+    import ray
+
+    from hrm_platform.config import ConfigError, load_config
+    from hrm_platform.training.trainer import TrainingError, print_summary, run_training
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"jobs.train: {error}", file=sys.stderr)
+        return 2
+    config.train.storage_path = job_storage_path(config.train.storage_path)
+    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=not args.json)
+    try:
+        summary = run_training(
+            config, quiet=args.json, worker_runtime_env={"py_modules": [str(SOURCE_ROOT / "hrm_platform")]}
+        )
+    except TrainingError as error:
+        print(f"jobs.train: {error}", file=sys.stderr)
+        return 1
+    print_summary(summary, as_json=args.json)
+    return 0
+
+
+def job_storage_path(storage_path: str) -> str:
+    """Absolute paths and URIs as given; a relative path under ~/ray_results (the job's cwd is temporary)."""
+    if "://" in storage_path or Path(storage_path).expanduser().is_absolute():
+        return storage_path
+    return str(Path.home() / "ray_results" / storage_path)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=None, help="YAML preset, e.g. jobs/configs/demo.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    parser.add_argument("--json", action="store_true", help="print a machine-readable summary only")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The Ray Train worker function: deep-supervision training as PyTorch DDP, one process per rank.
+
+`trainer.py` builds the TorchTrainer that runs `train_loop_per_worker` on every worker. Each worker builds
+the same datasets (deterministic from data.seed), trains its DistributedSampler shard, and agrees with the
+other ranks through all-reduces. Only rank 0 writes a checkpoint; every rank calls `ray.train.report`
+once per epoch. A restarted worker group (FailureConfig) or a run started again with the same name and
+storage path gets the latest checkpoint from `ray.train.get_checkpoint()` and continues after its epoch.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from hrm_platform.config import PlatformConfig, validate_config
+from hrm_platform.data.dataset import DatasetBundle, build_datasets
+from hrm_platform.training.checkpoint import load_checkpoint
+from hrm_platform.training.epoch import (
+    Collective,
+    NonFiniteLossError,
+    TrainingRun,
+    batches_per_epoch,
+    build_model,
+    capture_rng_state,
+    checkpoint_name,
+    format_progress,
+    make_sampler,
+    new_training_run,
+    parameter_fingerprint,
+    resume_from,
+    seed_rank,
+    should_validate,
+    train_epoch,
+    validate,
+    write_checkpoint,
+)
+
+PRINT_PROGRESS_KEY = "print_progress"  # the one key of train_loop_config that is not a PlatformConfig section
+FAILURE_KEY = "failure"  # reported instead of a checkpoint when training must stop (non-finite loss)
+
+
+def loop_config(config: PlatformConfig, print_progress: bool) -> dict[str, Any]:
+    """What the driver hands Ray as train_loop_config: plain JSON-safe values."""
+    return {**config.model_dump(mode="json"), PRINT_PROGRESS_KEY: print_progress}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    raw = dict(config)
+    print_progress = bool(raw.pop(PRINT_PROGRESS_KEY, False))
+    platform = validate_config(raw, source="train_loop_config")
+    torch.set_num_threads(platform.train.torch_threads)  # Ray sets OMP_NUM_THREADS=1 in workers
+    device = ray.train.torch.get_device()
+    collective = Collective.from_process_group(device)
+    bundle = build_datasets(platform.data)
+    sampler = make_sampler(bundle.train, collective, platform.train.seed)
+    steps_per_epoch = batches_per_epoch(len(sampler), platform.train.batch_size, platform.train.max_train_batches)
+    run = _prepare_run(platform, bundle, device, collective, steps_per_epoch)
+    resumed_after = run.epoch
+    attempt_started = time.perf_counter()
+    for _ in range(run.epoch, platform.train.epochs):
+        try:
+            metrics = train_epoch(run, bundle.train, sampler, platform, collective)
+        except NonFiniteLossError as error:
+            # Every rank raises together; reporting (not raising) stops the run without FailureConfig retries.
+            ray.train.report({FAILURE_KEY: str(error), "epoch": run.epoch + 1})
+            return
+        if should_validate(run.epoch, platform):
+            metrics.update(validate(run, bundle.val, platform, collective))
+        metrics["param_fingerprints"] = collective.gather_objects(parameter_fingerprint(run.model))
+        metrics["resumed_after_epoch"] = resumed_after
+        metrics["first_step_unix"] = run.first_step_unix
+        run.history.append(metrics)
+        rng_by_rank = collective.gather_objects(capture_rng_state())
+        _report(run, platform, bundle, metrics, rng_by_rank, collective.rank)
+        if print_progress and collective.rank == 0:
+            seconds_per_epoch = (time.perf_counter() - attempt_started) / (run.epoch - resumed_after)
+            # sys.stdout, not print(): Ray Train patches print() into its logger, which echoes it twice.
+            sys.stdout.write(format_progress(metrics, platform.train.epochs, seconds_per_epoch) + "\n")
+            sys.stdout.flush()
+
+
+def _prepare_run(
+    platform: PlatformConfig, bundle: DatasetBundle, device: torch.device, collective: Collective, steps_per_epoch: int
+) -> TrainingRun:
+    """Model (DDP when world_size > 1), optimizer, schedule; restored from Ray's latest checkpoint if any."""
+    model = build_model(platform, bundle.train.n_features)
+    model = ray.train.torch.prepare_model(model)  # to the worker's device; DDP-wrapped when world_size > 1
+    run = new_training_run(model, platform, device, steps_per_epoch)
+    seed_rank(platform.train.seed, collective.rank)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume_from(load_checkpoint(directory, with_training_state=True), run, platform, collective.rank)
+    return run
+
+
+def _report(
+    run: TrainingRun, platform: PlatformConfig, bundle: DatasetBundle, metrics: dict[str, Any],
+    rng_by_rank: list[dict[str, Any]], rank: int,
+) -> None:
+    """Rank 0 writes the checkpoint and reports it; the other ranks report the same metrics without one."""
+    reported = dict(metrics)
+    # Ray ranks checkpoints by this; an epoch without validation ranks last (NaN), never first.
+    reported.setdefault("val_accuracy", float("nan"))
+    if rank != 0:
+        ray.train.report(reported)
+        return
+    name = checkpoint_name(run.epoch)
+    with tempfile.TemporaryDirectory(prefix="hrm-checkpoint-") as staging:
+        directory = write_checkpoint(Path(staging) / name, run, platform, bundle.feature_spec, metrics, rng_by_rank)
+        ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(directory), checkpoint_dir_name=name)

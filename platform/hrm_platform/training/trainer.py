@@ -1,0 +1,167 @@
+"""Builds the Ray Train `TorchTrainer` from the typed config, runs it, and summarises the result.
+
+    hrm train --config jobs/configs/demo.yaml train.epochs=3          # embedded local cluster
+    ray job submit --working-dir . -- python -m jobs.train --config jobs/configs/demo.yaml
+
+Resume: Ray Train (V2) keeps a snapshot of the reported checkpoints in `<storage_path>/<name>/`. A run
+started again with the same `train.name` and `train.storage_path` finds it, and every worker gets the
+latest checkpoint from `ray.train.get_checkpoint()`; the loop continues after that checkpoint's epoch. The
+same mechanism restarts the worker group after a worker dies (up to `train.max_failures` times).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from hrm_platform.config import PlatformConfig, TrainConfig
+from hrm_platform.training.checkpoint import load_manifest
+from hrm_platform.training.loop import FAILURE_KEY, loop_config, train_loop_per_worker
+
+SCORE_METRIC = "val_accuracy"
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on purpose (e.g. a non-finite loss); the message says where and why."""
+
+
+@dataclass
+class TrainingSummary:
+    checkpoint_path: str  # the best checkpoint by validation accuracy
+    metrics: dict[str, Any]  # that checkpoint's epoch
+    epochs_completed: int
+    latest_checkpoint_path: str
+    run_dir: str
+    final_metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch, resumed runs included
+
+    def to_dict(self, with_history: bool = False) -> dict[str, Any]:
+        payload = asdict(self)
+        if not with_history:
+            payload.pop("history")
+        return payload
+
+
+def storage_path(train: TrainConfig) -> str:
+    """A local folder made absolute (Ray needs that); a URI (s3://, gs://, ...) as given."""
+    if "://" in train.storage_path:
+        return train.storage_path
+    return str(Path(train.storage_path).expanduser().resolve())
+
+
+def build_trainer(
+    config: PlatformConfig, *, print_progress: bool = False, worker_runtime_env: dict[str, Any] | None = None
+) -> TorchTrainer:
+    """DDP over `train.num_workers` workers: NCCL on GPUs, gloo on CPUs; keeps the best k checkpoints."""
+    train = config.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(config, print_progress),
+        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=train.name,
+            storage_path=storage_path(train),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=train.keep_checkpoints,
+                checkpoint_score_attribute=SCORE_METRIC,
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            worker_runtime_env=worker_runtime_env or {},
+            logging_config=LoggingConfig(log_level="WARNING"),  # rank 0's progress line says what matters
+        ),
+    )
+
+
+def run_training(
+    config: PlatformConfig, quiet: bool = False, *, worker_runtime_env: dict[str, Any] | None = None
+) -> TrainingSummary:
+    """Train on the connected Ray cluster, or on an embedded local one started (and stopped) here.
+
+    Rank 0 prints a progress line per epoch unless `quiet`. `worker_runtime_env` lets a job driver ship
+    the package to workers that cannot import it (see jobs/train.py).
+    """
+    with _ray_session(config.train, quiet):
+        result = build_trainer(config, print_progress=not quiet, worker_runtime_env=worker_runtime_env).fit()
+    if result.metrics and FAILURE_KEY in result.metrics:
+        raise TrainingError(result.metrics[FAILURE_KEY])
+    return summarize(result.best_checkpoints or [], result.checkpoint, str(result.path))
+
+
+@contextmanager
+def _ray_session(train: TrainConfig, quiet: bool) -> Iterator[None]:
+    if ray.is_initialized():
+        yield
+        return
+    # Never attach to another cluster on this machine; make room for the workers even on a small one.
+    needed_cpus = math.ceil(train.num_workers * train.cpus_per_worker)
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, needed_cpus),
+        include_dashboard=False,
+        log_to_driver=not quiet,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def summarize(best_checkpoints: list[tuple[Any, dict[str, Any]]], latest: Any, run_dir: str) -> TrainingSummary:
+    """The best checkpoint by validation accuracy (later epoch on a tie), with the run's per-epoch history."""
+    if latest is None or not best_checkpoints:
+        raise TrainingError(f"the run in {run_dir} reported no checkpoint")
+    best, best_metrics = max(best_checkpoints, key=lambda pair: (_score(pair[1]), pair[1].get("epoch", 0)))
+    with latest.as_directory() as directory:
+        manifest = load_manifest(directory)  # verifies the hashes of what landed in storage
+    history = manifest["metrics"]["history"]
+    return TrainingSummary(
+        checkpoint_path=best.path,
+        metrics=_plain(best_metrics),
+        epochs_completed=int(manifest["epoch"]),
+        latest_checkpoint_path=latest.path,
+        run_dir=run_dir,
+        final_metrics=history[-1] if history else {},
+        history=history,
+    )
+
+
+def _score(metrics: dict[str, Any]) -> float:
+    value = metrics.get(SCORE_METRIC)
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """NaN (an epoch without validation) as None, so the summary is strict JSON."""
+    return {key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in metrics.items()}
+
+
+def print_summary(summary: TrainingSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2, allow_nan=False))
+        return
+    metrics = summary.metrics
+    print(
+        f"trained {summary.epochs_completed} epochs; best checkpoint: epoch {metrics.get('epoch')}, "
+        f"validation accuracy {_fmt(metrics.get(SCORE_METRIC))}, train loss {_fmt(metrics.get('train_loss'))}"
+    )
+    print(summary.checkpoint_path)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
