@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 110
 MODEL_COLOR = "#c0392b"
@@ -97,30 +98,41 @@ def plot_drawdowns(
 
 
 def plot_training_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:
-    """Per-epoch metrics from the checkpoint manifest: losses in one panel, accuracies in another.
+    """Per-epoch metrics from the checkpoint manifest: losses, accuracies and mean ACT segments, one panel each.
 
-    `history` is the manifest's list of per-epoch dicts; keys with 'loss' go left, keys with 'acc' right,
-    other numeric keys (e.g. segments) are left out. With no history the figure says so instead of failing.
+    `history` is the manifest's list of per-epoch dicts (nested dicts are flattened to 'train_loss'); keys
+    with 'loss', 'acc' or 'mean_segments' are drawn, per-segment lists and bookkeeping are left out. With no
+    history the panels say so instead of failing.
     """
-    figure = Figure(figsize=(10, 4.2))
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
-    series = _numeric_series(history)
+    figure = Figure(figsize=(13, 4.2))
+    panels = dict(zip(("loss", "accuracy", "mean ACT segments"), figure.subplots(1, 3)))
     epochs = _epochs(history)
-    for name, values in series.items():
-        if "loss" in name:
-            loss_axes.plot(epochs, values, marker="o", label=_label(name))
-        elif "acc" in name:
-            accuracy_axes.plot(epochs, values, marker="o", label=_label(name))
-    for axes, title in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+    for name, values in _numeric_series(history).items():
+        panel = _training_panel(name)
+        if panel is not None:
+            panels[panel].plot(epochs, values, marker="o", label=_label(name))
+    for title, axes in panels.items():
         axes.set_title(title)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         if axes.get_lines():
             axes.legend(fontsize=9)
         else:
             axes.text(0.5, 0.5, f"no {title} recorded", ha="center", va="center", transform=axes.transAxes)
     figure.suptitle("training curves (from the checkpoint manifest)")
+    figure.tight_layout()
     return _save(figure, path)
+
+
+def _training_panel(metric_name: str) -> str | None:
+    if "mean_segments" in metric_name:
+        return "mean ACT segments"
+    if "loss" in metric_name:
+        return "loss"
+    if "acc" in metric_name:
+        return "accuracy"
+    return None
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:

@@ -49,7 +49,9 @@ class EvaluationReport:
                      f"mean ACT segments {self.metrics['segments']['mean']:.2f}")
         captured = self.metrics.get("oracle_pnl_captured")
         if captured is not None:
-            lines.append(f"  oracle PnL captured: {captured:.1%}")
+            per_exposure = self.metrics.get("oracle_pnl_captured_per_exposure")
+            scaled = "" if per_exposure is None else f" ({per_exposure:.1%} per unit of mean exposure)"
+            lines.append(f"  oracle PnL captured: {captured:.1%}{scaled}")
         lines.append(f"  report: {self.report_path}")
         return "\n".join(lines)
 
@@ -112,6 +114,7 @@ def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, data_confi
         "portfolio": portfolio,
         "instruments": {item.symbol: _ordered(item.strategy_metrics(periods)) for item in result.instruments},
         "oracle_pnl_captured": _oracle_capture(portfolio),
+        "oracle_pnl_captured_per_exposure": _oracle_capture(portfolio, per_exposure=True),
         "model_beats": {
             baseline: bool(portfolio["model"]["sharpe"] > portfolio[baseline]["sharpe"])
             for baseline in ("buy_and_hold", "momentum")
@@ -119,12 +122,20 @@ def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, data_confi
     }
 
 
-def _oracle_capture(portfolio: dict[str, dict]) -> float | None:
-    """Model PnL / oracle PnL (sums of net per-bar returns); None without an oracle or when it made nothing."""
-    oracle = portfolio.get("oracle")
+def _oracle_capture(portfolio: dict[str, dict], per_exposure: bool = False) -> float | None:
+    """Model PnL / oracle PnL (sums of net per-bar returns); None without an oracle or when it made nothing.
+
+    per_exposure: each PnL divided by its mean |position| first, i.e. the capture the model would have at the
+    oracle's average size: it separates "right direction" from "small positions".
+    """
+    oracle, model = portfolio.get("oracle"), portfolio["model"]
     if oracle is None or oracle["pnl"] <= 0:
         return None
-    return portfolio["model"]["pnl"] / oracle["pnl"]
+    if not per_exposure:
+        return model["pnl"] / oracle["pnl"]
+    if model["exposure"] == 0 or oracle["exposure"] == 0:
+        return None
+    return (model["pnl"] / model["exposure"]) / (oracle["pnl"] / oracle["exposure"])
 
 
 def _ordered(by_strategy: dict[str, dict]) -> dict[str, dict]:
@@ -270,8 +281,12 @@ def _oracle_line(summary: dict[str, Any]) -> str:
         return verdict + " No oracle on real data."
     if captured is None:
         return verdict + " The oracle made no net PnL here, so no capture ratio."
+    per_exposure = summary.get("oracle_pnl_captured_per_exposure")
+    scaled = "" if per_exposure is None else (
+        f" Per unit of mean exposure (model {portfolio['model']['exposure']:.2f}, oracle "
+        f"{portfolio['oracle']['exposure']:.2f}) the model captures {per_exposure:.1%}.")
     return (verdict + f" **Oracle PnL captured: {captured:.1%}** (model PnL {portfolio['model']['pnl']:+.4f} / "
-            f"oracle PnL {portfolio['oracle']['pnl']:+.4f}, sums of net per-bar returns).")
+            f"oracle PnL {portfolio['oracle']['pnl']:+.4f}, sums of net per-bar returns)." + scaled)
 
 
 def _classification_text(summary: dict[str, Any]) -> str:
