@@ -37,3 +37,47 @@ def ray_cluster():
     context = ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield context
     ray.shutdown()
+
+
+# ---- serving (appended by the serving app owner; imports here to leave the file's head untouched)
+from dataclasses import dataclass  # noqa: E402
+
+from hrm_platform.config import ServeConfig  # noqa: E402
+
+SERVE_TOKEN_ENV = "HRM_TEST_API_TOKEN"  # the serving tests' bearer token lives here, not in HRM_API_TOKEN
+
+
+@dataclass(frozen=True)
+class ServedApp:
+    """The serving app running on the session's Ray cluster (see `serve_app`)."""
+
+    url: str
+    checkpoint: Path
+    serve_config: ServeConfig
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_cluster, trained_checkpoint: Path):
+    """The HTTP app on Ray Serve for the whole session: smoke checkpoint, a bearer token, a free port (never
+    8000), default ingress, memory checks every 0.2 s. Tests that change it (limits, model) restore it."""
+    import secrets
+
+    from ray import serve
+
+    from hrm_platform.serving.app import free_port, start_server
+    from hrm_platform.serving.memory_guard import stop_memory_guard
+
+    token = secrets.token_hex(16)
+    os.environ[SERVE_TOKEN_ENV] = token  # start_server hands it to the replicas
+    overrides = [f"serve.port={free_port()}", "serve.memory_check_interval_s=0.2", f"serve.auth_token_env={SERVE_TOKEN_ENV}"]
+    serve_config = load_config(SMOKE_PRESET, overrides).serve
+    url = start_server(trained_checkpoint, serve_config)
+    yield ServedApp(url, trained_checkpoint, serve_config, token)
+    serve.shutdown()
+    stop_memory_guard()
+    os.environ.pop(SERVE_TOKEN_ENV, None)

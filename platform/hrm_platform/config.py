@@ -135,7 +135,10 @@ class ServeConfig(_Strict):
     replica_cpus: float = Field(1.0, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="how long a batch waits to fill; 0 = take what queued while the engine was busy "
+        "(a 2 ms wait added its 2 ms to p50 at concurrency 1 and did not raise throughput at 32 here)",
+    )
     cache_size: int = Field(1000, ge=0, description="entries per replica; 0 disables the cache")
     cache_ttl_s: float = Field(2.0, gt=0)
     memory_limit_gb: float = Field(4.0, gt=0, description="hard limit per replica (seed NFR1.3)")

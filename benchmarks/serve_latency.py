@@ -1,0 +1,438 @@
+"""Serving latency and throughput, side by side in one run (DESIGN §8): the bare engine, the engine behind
+plain uvicorn, a naive Ray Serve deployment, and ours (default ingress and fast ingress).
+
+    python -m benchmarks.serve_latency                                   # trains + exports a smoke checkpoint
+    python -m benchmarks.serve_latency --checkpoint runs/demo/best --seconds 15
+
+Rows (every HTTP row is measured by the same asyncio client in this process, requests with distinct bars and
+a random position so that nothing hits a cache unless the row says so):
+- engine <variant>: `InferenceEngine.predict_bars` in this process, batch 1 and batch 32 (the floor);
+- uvicorn: the chosen engine behind a tiny FastAPI app under uvicorn in a subprocess (HTTP, no Ray), up for
+  the whole run and measured again beside each Serve configuration (the machine is shared: ratios are taken
+  between rows measured minutes apart at most);
+- naive serve: a Serve deployment with eager fp32, Serve's defaults (max_ongoing_requests=5), no cache, no
+  batching, default ingress;
+- ours: HRMDeployment (serving/app.py) at concurrency 1 (p50, p99) and 32 (throughput), its cache-hit path
+  (one request repeated), and the replica's RSS; once with the default ingress and once with
+  serve.fast_ingress (HAProxy + throughput-optimised data plane), each on its own local Ray cluster.
+Targets (issue 7): ours >= 8x naive and >= 0.8x uvicorn in throughput at concurrency 32, ours p50 at
+concurrency 1 <= 1.5x uvicorn's, replica RSS <= 600 MiB. Writes benchmarks/results/serve_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrm_platform.config import ServeConfig, load_config
+from hrm_platform.data.market import generate_market
+from hrm_platform.data.ohlcv import BAR_COLUMNS
+from hrm_platform.serving.schemas import PredictRequest, check_bars  # module level: FastAPI resolves annotations here
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "serve_latency.json"
+MIB = 2**20
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def make_bodies(bars_needed: int, count: int, seed: int = 0) -> list[bytes]:
+    """`count` distinct /v1/predict bodies: windows of a synthetic market at random offsets, random positions."""
+    frame = generate_market(1, max(4 * bars_needed, 3000), seed=seed, horizon=4).bars["SYN00"]
+    values = frame[list(BAR_COLUMNS)].to_numpy()  # (T, 5)
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(values) - bars_needed, count)
+    positions = rng.uniform(-1, 1, count).round(6)
+    return [
+        json.dumps({"bars": values[start : start + bars_needed].round(6).tolist(), "position": float(position)}).encode()
+        for start, position in zip(starts, positions)
+    ]
+
+
+def prepare_checkpoint(checkpoint: Path | None) -> Path:
+    """The given checkpoint, or a smoke-preset one trained once under runs/bench-serve; exported either way."""
+    from hrm_platform.serving.engine import SERVING_MANIFEST, serving_dir
+    from hrm_platform.serving.export import export_engine
+
+    if checkpoint is None:
+        from hrm_platform.training.local import train_local
+
+        checkpoint = REPO_ROOT / "runs" / "bench-serve" / "checkpoint"
+        if not (checkpoint / "manifest.json").is_file():
+            print("training a smoke checkpoint for the benchmark ...", flush=True)
+            trained = train_local(load_config(REPO_ROOT / "jobs" / "configs" / "smoke.yaml"), checkpoint.parent / "train")
+            subprocess.run(["cp", "-r", str(trained), str(checkpoint)], check=True)
+    if not (serving_dir(checkpoint) / SERVING_MANIFEST).is_file():
+        print(f"exporting {checkpoint} (measures and checks every engine variant once) ...", flush=True)
+        print(export_engine(checkpoint).summary(), flush=True)
+    return checkpoint
+
+
+# ------------------------------------------------------------------------------------------ bare engine
+
+
+def bench_engines(checkpoint: Path, bodies: list[bytes], repeats: int) -> list[dict[str, Any]]:
+    """Median batch-1 and batch-32 predict_bars time of every CPU variant that loads here."""
+    from hrm_platform.serving.engine import EngineError, InferenceEngine
+    from hrm_platform.serving.variants import variants_for_device
+
+    bars = [np.asarray(json.loads(body)["bars"]) for body in bodies[:32]]
+    rows = []
+    for variant in variants_for_device("cpu"):
+        try:
+            engine = InferenceEngine.from_checkpoint(checkpoint, variant=variant, torch_threads=1)
+        except EngineError as error:
+            rows.append({"variant": variant, "error": str(error)[:120]})
+            continue
+        batch1 = _median_ms(lambda: engine.predict_bars(bars[:1]), repeats)
+        batch32 = _median_ms(lambda: engine.predict_bars(bars), max(3, repeats // 10))
+        rows.append({"variant": variant, "batch1_ms": batch1, "batch32_ms": batch32,
+                     "batch32_windows_per_s": 32_000 / batch32})
+    return rows
+
+
+def _median_ms(call, repeats: int) -> float:
+    call()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        timings.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(timings)
+
+
+# ------------------------------------------------------------------------------------------ HTTP load
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+
+async def _load(url: str, bodies: list[bytes], concurrency: int, seconds: float, headers: dict[str, str]) -> LoadResult:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    headers = {"Content-Type": "application/json", **headers}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def worker(deadline: float, record: bool) -> None:
+            nonlocal errors, counter
+            while time.perf_counter() < deadline:
+                body = bodies[counter % len(bodies)]
+                counter += 1
+                started = time.perf_counter()
+                async with session.post(url, data=body) as response:
+                    await response.read()
+                    ok = response.status == 200
+                if record and ok:
+                    latencies.append((time.perf_counter() - started) * 1e3)
+                elif record:
+                    errors += 1
+
+        warm_up = time.perf_counter() + min(2.0, seconds / 4)
+        await asyncio.gather(*(worker(warm_up, False) for _ in range(concurrency)))
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(started + seconds, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return LoadResult(concurrency, len(latencies), errors, elapsed,
+                      float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)))
+
+
+def measure(url: str, bodies: list[bytes], concurrency: int, seconds: float, headers=None) -> LoadResult:
+    return asyncio.run(_load(url, bodies, concurrency, seconds, headers or {}))
+
+
+def measure_interleaved(
+    urls: dict[str, str], bodies: list[bytes], seconds: float, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Concurrency 1 then 32 against every URL, in `rounds` short rounds that alternate between the URLs (the
+    order rotates each round). Each figure is the median over rounds, and each ratio between two URLs is the
+    median of per-round ratios, so a load swing on the shared machine hits both sides of a ratio alike."""
+    per_round = seconds / rounds
+    results: dict[str, dict[int, list[LoadResult]]] = {name: {1: [], 32: []} for name in urls}
+    names = list(urls)
+    for concurrency in (1, 32):
+        for round_index in range(rounds):
+            for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+                results[name][concurrency].append(measure(urls[name], bodies, concurrency, per_round))
+    rows = {}
+    for name, by_level in results.items():
+        single, loaded = by_level[1], by_level[32]
+        rows[name] = {
+            "p50_ms": statistics.median(r.p50_ms for r in single),
+            "p99_ms": statistics.median(r.p99_ms for r in single),
+            "throughput_c32": statistics.median(r.throughput for r in loaded),
+            "errors": sum(r.errors for r in single + loaded),
+            "rounds": {"c1": [asdict(r) for r in single], "c32": [asdict(r) | {"throughput": r.throughput} for r in loaded]},
+            "load_average": os.getloadavg()[0],
+        }
+        print(f"  {name}: c=1 p50 {rows[name]['p50_ms']:.2f} ms p99 {rows[name]['p99_ms']:.2f} ms; "
+              f"c=32 {rows[name]['throughput_c32']:.0f} req/s (errors {rows[name]['errors']})", flush=True)
+    return rows
+
+
+def paired_ratio(results: dict[str, dict], numerator: str, denominator: str, level: str, field: str) -> float:
+    """Median over rounds of numerator/denominator for one figure (rounds were measured back to back)."""
+    pairs = zip(results[numerator]["rounds"][level], results[denominator]["rounds"][level])
+    return statistics.median(a[field] / b[field] for a, b in pairs)
+
+
+def wait_until_up(url: str, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not up after {timeout_s} s")
+
+
+# ----------------------------------------------------------------------------------------- baselines
+
+
+def uvicorn_app(checkpoint: Path):
+    """The engine behind a tiny FastAPI app: parse, validate, predict, answer. No cache, no batching."""
+    from fastapi import FastAPI
+
+    from hrm_platform.serving.engine import InferenceEngine
+
+    engine = InferenceEngine.from_checkpoint(checkpoint, torch_threads=1)
+    api = FastAPI()
+
+    @api.get("/health")
+    async def health() -> dict:
+        return {"variant": engine.variant}
+
+    @api.post("/v1/predict")
+    async def predict(request: PredictRequest) -> dict:
+        bars = request.bars_array()
+        check_bars(bars, engine.bars_needed, 4096)
+        prediction = engine.predict_bars([bars], [request.max_segments], [request.position])[0]
+        return asdict(prediction)
+
+    return api
+
+
+def run_uvicorn(checkpoint: Path, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(uvicorn_app(checkpoint), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def naive_deployment(checkpoint: Path):
+    """Serve with its defaults: eager fp32, max_ongoing_requests=5, no cache, no batching, one replica."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 1})
+    @serve.ingress(api)
+    class NaiveHRM:
+        def __init__(self, checkpoint: str) -> None:
+            from hrm_platform.serving.engine import InferenceEngine
+
+            self.engine = InferenceEngine.from_checkpoint(checkpoint, variant="eager", torch_threads=1)
+
+        @api.post("/v1/predict")
+        def predict(self, request: dict) -> dict:
+            bars = np.asarray(request["bars"], dtype=np.float64)
+            prediction = self.engine.predict_bars([bars], [None], [request.get("position", 0.0)])[0]
+            return asdict(prediction)
+
+    return NaiveHRM.bind(str(checkpoint))
+
+
+# -------------------------------------------------------------------------------------- our deployment
+
+
+def bench_serve(
+    checkpoint: Path, bodies: list[bytes], args: argparse.Namespace, serve_config: ServeConfig, uvicorn_url: str,
+    with_naive: bool,
+) -> dict[str, dict]:
+    """One local Ray cluster: ours (and the naive deployment) measured interleaved with the uvicorn baseline."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from hrm_platform.serving.app import free_port, start_server
+
+    key = "fast" if serve_config.fast_ingress else "default"
+    label = "fast ingress" if serve_config.fast_ingress else "default ingress"
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        url = start_server(checkpoint, serve_config.model_copy(update={"port": free_port()}))
+        urls = {f"uvicorn_{key}": uvicorn_url, f"ours_{key}": f"{url}/v1/predict"}
+        if with_naive:
+            serve.run(naive_deployment(checkpoint), name="naive", route_prefix="/naive")
+            urls["naive"] = f"{url}/naive/v1/predict"
+        rows = measure_interleaved(urls, bodies, args.seconds, args.rounds)
+        rows[f"uvicorn_{key}"]["path"] = f"uvicorn, no Ray (beside ours, {label})"
+        if with_naive:
+            rows["naive"]["path"] = f"naive serve ({label})"
+        ours = rows[f"ours_{key}"]
+        ours["path"] = f"ours ({label})"
+        ours["p50_vs_uvicorn"] = paired_ratio(rows, f"ours_{key}", f"uvicorn_{key}", "c1", "p50_ms")
+        ours["throughput_vs_uvicorn"] = paired_ratio(rows, f"ours_{key}", f"uvicorn_{key}", "c32", "throughput")
+        if with_naive:
+            ours["throughput_vs_naive"] = paired_ratio(rows, f"ours_{key}", "naive", "c32", "throughput")
+        hit = measure(f"{url}/v1/predict", bodies[:1], 1, min(args.seconds / 2, 5.0))
+        ours["cache_hit_p50_ms"], ours["cache_hit_p99_ms"] = hit.p50_ms, hit.p99_ms
+        state = httpx.get(f"{url}/v1/health").json()
+        ours["replica_rss_mib"] = state["memory"]["rss_bytes"] / MIB
+        ours["variant"] = state["variant"]
+        ours["cache"] = state["cache"]
+        print(f"  ours ({label}): cache hit p50 {hit.p50_ms:.2f} ms; replica RSS {ours['replica_rss_mib']:.0f} MiB",
+              flush=True)
+        return rows
+    finally:
+        ray.shutdown()  # also stops HAProxy; serve.shutdown() waits 30 s for the controller in fast mode
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def table(engines: list[dict], paths: dict[str, dict]) -> str:
+    lines = ["| path | c=1 p50 ms | c=1 p99 ms | c=32 req/s | notes |", "|---|---|---|---|---|"]
+    for row in engines:
+        if "error" in row:
+            lines.append(f"| engine {row['variant']} | - | - | - | not loadable: ...{row['error'][-70:]} |")
+        else:
+            lines.append(f"| engine {row['variant']} (bare, batch 1) | {row['batch1_ms']:.2f} | - | - | batch 32: "
+                         f"{row['batch32_ms']:.1f} ms = {row['batch32_windows_per_s']:.0f} windows/s |")
+    for row in paths.values():
+        notes = []
+        if "p50_vs_uvicorn" in row:
+            notes.append(f"p50 {row['p50_vs_uvicorn']:.2f}x, c=32 {row['throughput_vs_uvicorn']:.2f}x uvicorn")
+        if "throughput_vs_naive" in row:
+            notes.append(f"c=32 {row['throughput_vs_naive']:.1f}x naive")
+        if "cache_hit_p50_ms" in row:
+            notes.append(f"cache hit p50 {row['cache_hit_p50_ms']:.2f} ms")
+        if "replica_rss_mib" in row:
+            notes.append(f"replica RSS {row['replica_rss_mib']:.0f} MiB, variant {row['variant']}")
+        if row["errors"]:
+            notes.append(f"{row['errors']} errors")
+        notes.append(f"load avg {row['load_average']:.1f}")
+        lines.append(f"| {row['path']} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_c32']:.0f} | "
+                     f"{'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
+def targets(paths: dict[str, dict]) -> list[dict[str, Any]]:
+    """Ours against the uvicorn baseline measured in the same rounds, and against the naive deployment (in the
+    default-ingress run; the fast-ingress run is compared with it through the uvicorn rounds of both runs)."""
+    checks = []
+    default = paths["ours_default"]
+    for key in ("default", "fast"):
+        if f"ours_{key}" not in paths:
+            continue
+        ours = paths[f"ours_{key}"]
+        if key == "default":
+            versus_naive = ours["throughput_vs_naive"]
+        else:  # naive was measured beside the default run: chain through uvicorn in both runs
+            versus_naive = ours["throughput_vs_uvicorn"] / default["throughput_vs_uvicorn"] * default["throughput_vs_naive"]
+        label = ours["path"]
+        checks += [
+            {"target": f"{label}: c=32 throughput >= 8x naive", "value": versus_naive, "bound": 8.0, "higher": True},
+            {"target": f"{label}: c=32 throughput >= 0.8x uvicorn", "value": ours["throughput_vs_uvicorn"], "bound": 0.8, "higher": True},
+            {"target": f"{label}: c=1 p50 <= 1.5x uvicorn", "value": ours["p50_vs_uvicorn"], "bound": 1.5, "higher": False},
+            {"target": f"{label}: replica RSS <= 600 MiB", "value": ours["replica_rss_mib"], "bound": 600.0, "higher": False},
+        ]
+    for check in checks:
+        check["holds"] = check["value"] >= check["bound"] if check["higher"] else check["value"] <= check["bound"]
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: a smoke checkpoint under runs/")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per path and load level")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds those seconds are split into")
+    parser.add_argument("--engine-repeats", type=int, default=200)
+    parser.add_argument("--skip-fast-ingress", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="serve.key=value", help="ServeConfig overrides for ours")
+    parser.add_argument("--uvicorn-server", type=int, default=None, help=argparse.SUPPRESS)  # subprocess mode
+    args = parser.parse_args(argv)
+    if args.uvicorn_server is not None:
+        run_uvicorn(args.checkpoint, args.uvicorn_server)
+        return 0
+
+    import torch
+
+    torch.set_num_threads(1)
+    checkpoint = prepare_checkpoint(args.checkpoint).resolve()
+    from hrm_platform.serving.app import free_port
+    from hrm_platform.serving.engine import InferenceEngine
+
+    bars_needed = InferenceEngine.from_checkpoint(checkpoint).bars_needed
+    bodies = make_bodies(bars_needed, 4096)
+    print(f"checkpoint {checkpoint}; {os.cpu_count()} cores; {args.seconds:.0f} s per load level", flush=True)
+
+    print("bare engine:", flush=True)
+    engines = bench_engines(checkpoint, bodies, args.engine_repeats)
+    for row in engines:
+        print(f"  {row}", flush=True)
+
+    serve_config = load_config(None, args.overrides).serve
+    paths: dict[str, dict] = {}
+    port = free_port()
+    uvicorn = subprocess.Popen([sys.executable, "-m", "benchmarks.serve_latency", "--checkpoint", str(checkpoint),
+                                "--uvicorn-server", str(port)], cwd=REPO_ROOT)
+    uvicorn_url = f"http://127.0.0.1:{port}/v1/predict"
+    try:  # uvicorn stays up for the whole run and is measured in the same rounds as each Serve configuration
+        wait_until_up(f"http://127.0.0.1:{port}/health")
+        print("Ray Serve, default ingress (rounds interleaved with uvicorn and the naive deployment):", flush=True)
+        default_ingress = serve_config.model_copy(update={"fast_ingress": False})
+        paths.update(bench_serve(checkpoint, bodies, args, default_ingress, uvicorn_url, with_naive=True))
+        if not args.skip_fast_ingress:
+            print("Ray Serve, fast ingress (rounds interleaved with uvicorn):", flush=True)
+            fast_ingress = serve_config.model_copy(update={"fast_ingress": True})
+            paths.update(bench_serve(checkpoint, bodies, args, fast_ingress, uvicorn_url, with_naive=False))
+    finally:
+        uvicorn.terminate()
+        uvicorn.wait(timeout=30)
+
+    report = table(engines, paths)
+    checks = targets(paths)
+    print("\n" + report + "\n")
+    for check in checks:
+        print(f"{'HOLDS ' if check['holds'] else 'MISSED'}  {check['target']}: {check['value']:.2f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"checkpoint": str(checkpoint), "cores": os.cpu_count(), "seconds": args.seconds,
+                                   "serve_config": serve_config.model_dump(mode="json"),
+                                   "engines": engines, "paths": paths, "targets": checks, "table": report}, indent=2))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,511 @@
+"""The Ray Serve application: one FastAPI ingress deployment that validates, caches, batches and infers.
+
+    url = start_server(Path("runs/smoke/best"), ServeConfig(port=8123))   # embedded local Ray; tests, demo
+    hrm serve --checkpoint runs/smoke/best                                  # serve_forever: blocks, prints URL
+    serve run deployments/serve_config.yaml                                 # Serve's own CLI, same builder
+
+Request path in a replica: FastAPI + pydantic parse the body (serving/http.py, schemas.py) -> `check_bars`
+(count, values) -> cache lookup keyed on (model_version, bars, position, budget) -> `@serve.batch` gathers
+concurrent misses into one engine call on a single inference thread -> response. The engine, the cache and
+the memory guard are the replica's; the checkpoint comes from `user_config`, so a `serve deploy` that changes
+only `user_config.checkpoint` calls `reconfigure()` on the running replica: the new engine is built beside
+the old one, then swapped in with one assignment. Requests in flight finish on the model they started with,
+and the cache key carries the model version, so nothing the old model computed is served after the swap.
+
+Why one deployment rather than an ingress in front of a model deployment: on this machine a Serve handle
+call between two deployments cost ~4 ms at p50, two to three times the model itself, in every ingress
+mode we measured. A separate model deployment pays off once the model needs hardware the HTTP layer does not
+(a GPU); until then it only adds that hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+from hrm_platform.config import ServeConfig
+from hrm_platform.serving.cache import PredictionCache
+from hrm_platform.serving.engine import InferenceEngine, Prediction
+from hrm_platform.serving.http import create_api, overloaded
+from hrm_platform.serving.memory_guard import ReplicaMemoryMonitor, connect_memory_guard
+from hrm_platform.serving.schemas import (
+    BatchRequest,
+    BatchResponse,
+    HealthResponse,
+    ModelSummary,
+    PredictRequest,
+    PredictResponse,
+    check_bars,
+    decision_response,
+)
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "hrm"
+DEPLOYMENT_NAME = "HRMDeployment"
+BUILDER_IMPORT_PATH = "hrm_platform.serving.app:build_app"
+LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000]
+
+
+class AppArgs(BaseModel):
+    """Arguments of the app builder (`serve run ... checkpoint=PATH` or `args:` in a Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Path = Field(description="checkpoint directory to serve first; hot reloads go through user_config")
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+
+class ReloadConfig(BaseModel):
+    """The deployment's `user_config`: changing it on a running app hot-swaps the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Path
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per load
+class ServedModel:
+    """An engine and what /v1/model says about it; replaced as a whole on reload."""
+
+    engine: InferenceEngine
+    summary: ModelSummary
+
+    @property
+    def version(self) -> str:
+        return self.engine.model_version
+
+
+def load_served_model(checkpoint: Path, serve_config: ServeConfig) -> ServedModel:
+    variant = None if serve_config.engine_variant == "auto" else serve_config.engine_variant
+    engine = InferenceEngine.from_checkpoint(checkpoint, variant=variant, torch_threads=serve_config.torch_threads)
+    manifest = json.loads((Path(checkpoint) / "manifest.json").read_text())  # verified by from_checkpoint
+    summary = ModelSummary(
+        model_version=engine.model_version,
+        variant=engine.variant,
+        checkpoint=str(checkpoint),
+        created_at=manifest.get("created_at"),
+        git_revision=manifest.get("git_revision"),
+        epoch=manifest.get("epoch"),
+        bars_needed=engine.bars_needed,
+        window=engine.feature_spec.window,
+        max_segments=engine.max_segments,
+        features=list(engine.feature_spec.names),
+        metrics=manifest.get("metrics", {}).get("latest", {}),
+    )
+    return ServedModel(engine, summary)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A validated request, bound to the model it will be answered by."""
+
+    model: ServedModel
+    bars: np.ndarray  # (bars_needed, 5): the bars the answer depends on
+    position: float
+    budget: int | None
+    cache_key: str
+
+
+class ServingMetrics:
+    """Serve metrics (exported through Ray's Prometheus endpoint, tagged with deployment and replica)."""
+
+    def __init__(self) -> None:
+        self.latency_ms = Histogram(
+            "hrm_request_latency_ms", description="server time per prediction", boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("route",),
+        )
+        self.cache_hits = Counter("hrm_cache_hits", description="predictions answered from the cache")
+        self.cache_misses = Counter("hrm_cache_misses", description="predictions computed by the engine")
+        self.segments_used = Histogram(
+            "hrm_segments_used", description="ACT segments per computed prediction", boundaries=[1, 2, 3, 4, 6, 8, 12, 16]
+        )
+        self.shed_requests = Counter("hrm_shed_requests", description="requests refused with 503 (memory)")
+        self.memory_bytes = Gauge("hrm_replica_memory_bytes", description="guarded memory of this replica")
+
+
+# ------------------------------------------------------------------------------------------ the deployment
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress()  # the FastAPI app is built per replica by __serve_build_asgi_app__ (it needs the config)
+class HRMDeployment:
+    async def __init__(self, serve_config: dict[str, Any]) -> None:
+        self._serve = ServeConfig.model_validate(serve_config)
+        self._model: ServedModel | None = None
+        self._reload_error: str | None = None
+        self._cache = PredictionCache(self._serve.cache_size, self._serve.cache_ttl_s)
+        self._inference = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrm-engine")
+        self._metrics = ServingMetrics()
+        self._run_batch.set_max_batch_size(self._serve.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(self._serve.batch_wait_timeout_s)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._guard = connect_memory_guard(self._serve.memory_limit_gb, self._serve.memory_soft_fraction)
+        # The deployed config owns the limit: a guard left from an earlier deploy keeps its old one otherwise.
+        await self._guard.set_limit_gb.remote(self._serve.memory_limit_gb, self._serve.memory_soft_fraction)
+        self._monitor = ReplicaMemoryMonitor(self._guard, self._replica_id)
+        self._memory_task = asyncio.get_running_loop().create_task(self._watch_memory())
+
+    def __serve_build_asgi_app__(self):
+        return create_api(self, self._serve, auth_token=os.environ.get(self._serve.auth_token_env) or None)
+
+    # --------------------------------------------------------------------------------- Serve lifecycle
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load `user_config["checkpoint"]` beside the current model, then swap. At replica start a failure
+        fails the replica; on a hot reload it keeps the old model serving and reports the error in health."""
+        checkpoint = ReloadConfig.model_validate(user_config).checkpoint
+        if self._model is not None and Path(self._model.summary.checkpoint) == checkpoint:
+            self._reload_error = None  # asked for what is already served (e.g. a rollback after a failed reload)
+            return
+        try:
+            model = await asyncio.to_thread(load_served_model, checkpoint, self._serve)
+        except Exception as error:
+            if self._model is None:
+                raise
+            self._reload_error = f"reload to {checkpoint} failed, still serving {self._model.version}: {error}"
+            logger.error(self._reload_error)
+            return
+        previous, self._model, self._reload_error = self._model, model, None
+        self._cache.clear()  # unreachable anyway (keys carry the model version); frees the memory now
+        logger.info("serving model %s (%s) from %s; was %s", model.version, model.engine.variant, checkpoint,
+                    previous.version if previous else None)
+
+    async def check_health(self) -> None:
+        if self._model is None:
+            raise RuntimeError("no model loaded")
+        if self._memory_task.done():
+            raise RuntimeError(f"memory watch stopped: {self._memory_task.exception()!r}")
+
+    async def _watch_memory(self) -> None:
+        """Report memory to the guard every memory_check_interval_s and apply its directive."""
+        while True:
+            try:
+                engine = self._model.engine if self._model is not None else None
+                await self._monitor.check_async(engine, self._cache)
+                if self._monitor.last_reading is not None:
+                    self._metrics.memory_bytes.set(self._monitor.last_reading.guarded_bytes)
+            except Exception:  # the guard restarting must not stop the replica from reporting later
+                logger.exception("memory guard report failed; retrying")
+            await asyncio.sleep(self._serve.memory_check_interval_s)
+
+    # ---------------------------------------------------------------------------------- the Service API
+
+    async def predict(self, request: PredictRequest, started: float) -> PredictResponse:
+        prepared = self._prepare(request, self._current_model())
+        return await self._answer(prepared, started, route="predict")
+
+    async def predict_batch(self, batch: BatchRequest, started: float) -> BatchResponse:
+        model = self._current_model()  # one model for the whole batch
+        prepared = [self._prepare(request, model, f"requests[{i}].") for i, request in enumerate(batch.requests)]
+        answers = await asyncio.gather(*(self._answer(item, started, route="batch") for item in prepared))
+        return BatchResponse(responses=list(answers))
+
+    async def health(self) -> HealthResponse:
+        model = self._model
+        status = "loading" if model is None else ("shedding" if self._monitor.shedding else "ok")
+        return HealthResponse(
+            status=status,
+            model_version=model.version if model else None,
+            variant=model.engine.variant if model else None,
+            replica=self._replica_id,
+            memory=await self._memory_state(),
+            cache=self._cache.stats(),
+            reload_error=self._reload_error,
+        )
+
+    def model_summary(self) -> ModelSummary:
+        if self._model is None:
+            raise overloaded("model still loading")
+        return self._model.summary  # metadata: answered even while shedding
+
+    # ---------------------------------------------------------------------------------------- internals
+
+    def _current_model(self) -> ServedModel:
+        """The model a prediction will use, or 503 while shedding or loading."""
+        if self._monitor.shedding:
+            self._metrics.shed_requests.inc()
+            raise overloaded("replica over its memory limit; retry later")
+        if self._model is None:
+            raise overloaded("model still loading")
+        return self._model
+
+    def _prepare(self, request: PredictRequest, model: ServedModel, prefix: str = "") -> PreparedRequest:
+        engine = model.engine
+        bars = request.bars_array()
+        check_bars(bars, engine.bars_needed, self._serve.max_bars, field=f"{prefix}bars")
+        bars = bars[-engine.bars_needed:]  # the answer depends on these only; a shorter key hits more often
+        budget = _segment_budget(request, engine)
+        key = self._cache.make_key(model.version, bars, request.position, budget)
+        return PreparedRequest(model, bars, request.position, budget, key)
+
+    async def _answer(self, prepared: PreparedRequest, started: float, route: str) -> PredictResponse:
+        prediction = self._cache.get(prepared.cache_key)
+        cached = prediction is not None
+        if cached:
+            self._metrics.cache_hits.inc()
+        else:
+            self._metrics.cache_misses.inc()
+            prediction = await self._run_batch(prepared)
+            self._metrics.segments_used.observe(prediction.segments)
+            self._cache.put(prepared.cache_key, prediction)
+        latency_ms = (time.perf_counter() - started) * 1e3
+        self._metrics.latency_ms.observe(latency_ms, tags={"route": route})
+        return decision_response(prediction, cached=cached, model_version=prepared.model.version, latency_ms=latency_ms)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # replaced from ServeConfig in __init__
+    async def _run_batch(self, items: list[PreparedRequest]) -> list[Prediction]:
+        """Concurrent cache misses -> one engine call per model (two only while a reload swaps models)."""
+        results: list[Prediction | None] = [None] * len(items)
+        loop = asyncio.get_running_loop()
+        for model, indices in _group_by_model(items).items():
+            predictions = await loop.run_in_executor(
+                self._inference,
+                model.engine.predict_bars,
+                [items[i].bars for i in indices],
+                [items[i].budget for i in indices],
+                [items[i].position for i in indices],
+            )
+            for index, prediction in zip(indices, predictions):
+                results[index] = prediction
+        return results
+
+    async def _memory_state(self) -> dict[str, Any]:
+        reading = self._monitor.last_reading
+        state: dict[str, Any] = {
+            "directive": self._monitor.directive,
+            "cleanups": self._monitor.cleanups,
+            "rss_bytes": reading.rss_bytes if reading else None,
+            "gpu_bytes": reading.gpu_bytes if reading else None,
+        }
+        try:
+            snapshot = await asyncio.wait_for(self._guard.snapshot.remote(), timeout=2.0)
+            state.update(limit_bytes=snapshot["limit_bytes"], soft_bytes=snapshot["soft_bytes"])
+        except Exception as error:  # health must answer even when the guard does not
+            state["guard_error"] = f"{type(error).__name__}: {error}"
+        return state
+
+
+def _segment_budget(request: PredictRequest, engine: InferenceEngine) -> int | None:
+    """The tighter of max_segments and what deadline_ms affords; None = the model's maximum."""
+    budgets = []
+    if request.max_segments is not None:
+        budgets.append(min(request.max_segments, engine.max_segments))
+    if request.deadline_ms is not None:
+        budgets.append(engine.segments_for_deadline(request.deadline_ms))
+    return min(budgets) if budgets else None
+
+
+def _group_by_model(items: list[PreparedRequest]) -> dict[ServedModel, list[int]]:
+    groups: dict[ServedModel, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(item.model, []).append(index)
+    return groups
+
+
+# -------------------------------------------------------------------------------------------- building
+
+
+def deployment_options(serve_config: ServeConfig) -> dict[str, Any]:
+    """Replicas, concurrency and health checks of HRMDeployment from the serve config."""
+    if serve_config.max_ongoing_requests < serve_config.max_batch_size:
+        raise ValueError(
+            f"serve.max_ongoing_requests={serve_config.max_ongoing_requests} is below serve.max_batch_size="
+            f"{serve_config.max_batch_size}: a replica could never fill a batch"
+        )
+    options: dict[str, Any] = {
+        "max_ongoing_requests": serve_config.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": serve_config.replica_cpus},
+        "health_check_period_s": 5.0,
+        "health_check_timeout_s": 15.0,
+    }
+    if serve_config.num_replicas == "auto":
+        options["autoscaling_config"] = {
+            "min_replicas": serve_config.min_replicas,
+            "max_replicas": serve_config.max_replicas,
+            "target_ongoing_requests": serve_config.max_batch_size,  # one full batch in flight per replica
+        }
+    else:
+        options["num_replicas"] = serve_config.num_replicas
+    return options
+
+
+def build_app(args: AppArgs | dict[str, Any]):
+    """Typed app builder: `serve run hrm_platform.serving.app:build_app checkpoint=PATH`."""
+    args = AppArgs.model_validate(args) if not isinstance(args, AppArgs) else args
+    checkpoint = args.checkpoint.resolve()  # replicas do not share the builder's working directory
+    return HRMDeployment.options(
+        **deployment_options(args.serve), user_config={"checkpoint": str(checkpoint)}
+    ).bind(args.serve.model_dump(mode="json"))
+
+
+def application_config(checkpoint: Path, serve_config: ServeConfig, env_vars: dict[str, str] | None = None) -> dict:
+    """One entry of a Serve config's `applications:`, as `serve deploy` takes it (see serve_config.yaml)."""
+    config: dict[str, Any] = {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": BUILDER_IMPORT_PATH,
+        "args": {"checkpoint": str(checkpoint), "serve": serve_config.model_dump(mode="json")},
+        "deployments": [{"name": DEPLOYMENT_NAME, "user_config": {"checkpoint": str(checkpoint)}}],
+    }
+    if env_vars:
+        config["runtime_env"] = {"env_vars": env_vars}
+    return config
+
+
+def ingress_env(serve_config: ServeConfig) -> dict[str, str]:
+    """Environment of Serve's controller (inherited by its proxy and the replicas) for the ingress mode.
+
+    fast_ingress: Ray's HAProxy ingress and throughput-optimised data plane. HAProxy's own stats and
+    Prometheus listeners have fixed ports (8404, 9101) on all interfaces; they get free ports here so that
+    several local clusters do not collide, but Ray offers no option to bind them to loopback.
+    """
+    if not serve_config.fast_ingress:
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+    }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------ running it
+
+
+def start_server(checkpoint: Path, serve_config: ServeConfig, timeout_s: float = 180.0) -> str:
+    """Deploy the app on Serve (starting a local Ray cluster if none is connected); returns the base URL.
+
+    The app is deployed declaratively, as `serve deploy` does, so `reload_checkpoint` can later change only
+    its user_config and the running replicas reconfigure in place.
+    """
+    import ray
+
+    checkpoint = Path(checkpoint).resolve()
+    env = ingress_env(serve_config)
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False)
+    serve.start(
+        http_options={"host": serve_config.host, "port": serve_config.port},
+        controller_options={"runtime_env": {"env_vars": env}},
+    )
+    host, port = _serve_http_address()
+    if (host, port) != (serve_config.host, serve_config.port):
+        raise RuntimeError(
+            f"Serve is already running on this Ray cluster at {host}:{port}, not {serve_config.host}:"
+            f"{serve_config.port}; its HTTP options cannot change without serve.shutdown()"
+        )
+    token = os.environ.get(serve_config.auth_token_env)
+    env_vars = {serve_config.auth_token_env: token} if token else None  # replicas may not share our env
+    applications = _deployed_applications()  # a deploy replaces the whole set: keep the others
+    applications[APP_NAME] = application_config(checkpoint, serve_config, env_vars)
+    _deploy_applications(list(applications.values()))
+    _wait_until_running(APP_NAME, timeout_s)
+    return f"http://{host}:{port}"
+
+
+def reload_checkpoint(checkpoint: Path, app_name: str = APP_NAME) -> None:
+    """Point the running app at another checkpoint: only user_config changes, so replicas reconfigure in
+    place (no restart). Returns once Serve accepted the config; replicas swap when the new model is loaded."""
+    applications = _deployed_applications()
+    if app_name not in applications:
+        raise RuntimeError(f"no application {app_name!r} deployed from a config (running: {sorted(applications)})")
+    for deployment in applications[app_name].setdefault("deployments", []):
+        if deployment["name"] == DEPLOYMENT_NAME:
+            deployment["user_config"] = {"checkpoint": str(Path(checkpoint).resolve())}
+    _deploy_applications(list(applications.values()))
+
+
+def serve_forever(checkpoint: Path, serve_config: ServeConfig) -> int:
+    """`hrm serve`: start, print the URL, block until Ctrl-C or SIGTERM, shut down."""
+    import ray
+
+    started_ray = not ray.is_initialized()
+    url = start_server(checkpoint, serve_config)
+    print(f"serving {checkpoint} at {url}  (docs: {url}/docs; Ctrl-C stops)", flush=True)
+    print(f"  curl -s {url}/v1/health", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        if started_ray:
+            ray.shutdown()
+    return 0
+
+
+# Ray Serve's public Python API (serve.run) always redeploys with a fresh code version, i.e. a rolling
+# restart of the replicas. A user_config-only update that calls reconfigure() in place needs the declarative
+# path that `serve deploy` takes; these helpers use the same controller client the Serve CLI uses.
+
+
+def _serve_client():
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()
+
+
+def _serve_http_address() -> tuple[str, int]:
+    http_options = _serve_client().http_config
+    return http_options.host, http_options.port
+
+
+def _deployed_applications() -> dict[str, dict[str, Any]]:
+    """Applications deployed from a config, as their config dicts (imperatively run apps are not listed)."""
+    details = _serve_client().get_serve_details()
+    return {
+        name: dict(app["deployed_app_config"])
+        for name, app in details.get("applications", {}).items()
+        if app.get("deployed_app_config")
+    }
+
+
+def _deploy_applications(applications: list[dict[str, Any]]) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    _serve_client().deploy_apps(ServeDeploySchema.model_validate({"applications": applications}))
+
+
+def _wait_until_running(app_name: str, timeout_s: float) -> None:
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(app_name)
+        if status is not None and status.status == ApplicationStatus.RUNNING:
+            return
+        if status is not None and status.status == ApplicationStatus.DEPLOY_FAILED:
+            raise RuntimeError(f"application {app_name!r} failed to deploy: {status.message}")
+        time.sleep(0.5)
+    raise TimeoutError(f"application {app_name!r} not running after {timeout_s:.0f} s")
+
