@@ -13,6 +13,7 @@ from hrm_platform.data.dataset import ACTIONS, build_datasets
 from hrm_platform.model.act import predict
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import EngineError, InferenceEngine, LatencyModel
+from hrm_platform.serving.export import held_out_windows
 from hrm_platform.training.checkpoint import load_model
 
 
@@ -113,16 +114,25 @@ def test_cached_answer_equals_uncached(eager_engine, held_out):
     assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
 
 
-def test_int8_engine_agrees_with_fp32_on_held_out_windows(trained_checkpoint, eager_engine, held_out):
+def test_int8_engine_agrees_with_fp32_on_held_out_windows(trained_checkpoint, eager_engine):
+    """As export checks it: >= 256 held-out windows, alone (concurrency 1) and in batches of the serving
+    batch size (int8 activation scales are per batch, so a full batch is the harder case)."""
     int8 = InferenceEngine.from_checkpoint(trained_checkpoint, variant="int8")
-    count = min(len(held_out.test), 512)
-    windows, _, _ = held_out.test.batch(np.linspace(0, len(held_out.test) - 1, count).astype(np.int64))
+    _, loaded = load_model(trained_checkpoint)
+    windows = held_out_windows(loaded, 256)  # (256, W, F) spread over the test split
     assert windows.shape[0] >= 256
-    reference = eager_engine.run(windows)
-    quantized = int8.run(windows)
-    agreement = (reference.probabilities.argmax(1) == quantized.probabilities.argmax(1)).float().mean().item()
-    assert agreement >= 0.99
-    assert (reference.probabilities - quantized.probabilities).abs().max().item() <= 0.05
+    batch = loaded.config.serve.max_batch_size
+    for chunk in (1, batch):
+        reference = torch.cat(
+            [eager_engine.run(windows[i : i + chunk]).probabilities for i in range(0, len(windows), chunk)]
+        )
+        quantized = torch.cat([int8.run(windows[i : i + chunk]).probabilities for i in range(0, len(windows), chunk)])
+        disagree = reference.argmax(1) != quantized.argmax(1)
+        assert 1 - disagree.float().mean().item() >= 0.99, f"batch {chunk}"
+        assert (reference - quantized).abs().max().item() <= 0.05, f"batch {chunk}"
+        # Any flip is a near-tie of fp32's top two probabilities, never a confident decision.
+        top_two = reference[disagree].sort(dim=1).values[:, -2:]
+        assert bool(((top_two[:, 1] - top_two[:, 0]) < 0.05).all()), f"batch {chunk}"
     assert int8.model_version == eager_engine.model_version
 
 

@@ -175,7 +175,7 @@ def export_engine(
     try:
         figures, engines = _build_all(hrm, loaded, names, staging)
         _measure_latency(engines, figures, windows, settings)
-        _check_agreement(engines, figures, windows, settings)
+        _check_agreement(engines, figures, windows, settings, batch_size=loaded.config.serve.max_batch_size)
         target = _move_into_place(staging, serving_dir(checkpoint))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -318,15 +318,21 @@ def round_robin_medians(engines: dict[str, InferenceEngine], windows: Tensor, re
 
 
 def _check_agreement(
-    engines: dict[str, InferenceEngine], figures: list[VariantFigures], windows: Tensor, settings: ExportSettings
+    engines: dict[str, InferenceEngine],
+    figures: list[VariantFigures],
+    windows: Tensor,
+    settings: ExportSettings,
+    batch_size: int,
 ) -> None:
-    reference_served = _run_chunked(engines["eager"], windows, use_halting=True)
-    reference_fixed = _run_chunked(engines["eager"], windows, use_halting=False)
+    """Compare every variant with eager fp32, in batches of the serving batch size (int8 activation scales
+    are per batch)."""
+    reference_served = _run_chunked(engines["eager"], windows, True, batch_size)
+    reference_fixed = _run_chunked(engines["eager"], windows, False, batch_size)
     for entry in figures:
         if entry.name not in engines:
             continue
-        served = _run_chunked(engines[entry.name], windows, use_halting=True)
-        fixed = _run_chunked(engines[entry.name], windows, use_halting=False)
+        served = _run_chunked(engines[entry.name], windows, True, batch_size)
+        fixed = _run_chunked(engines[entry.name], windows, False, batch_size)
         entry.agreement = float((served["actions"] == reference_served["actions"]).mean())
         entry.segments_agreement = float((served["segments"] == reference_served["segments"]).mean())
         entry.max_probability_diff = float(np.abs(fixed["probabilities"] - reference_fixed["probabilities"]).max())
@@ -344,7 +350,7 @@ def _judge(entry: VariantFigures, settings: ExportSettings) -> tuple[str, str]:
     return "passed", ""
 
 
-def _run_chunked(engine: InferenceEngine, windows: Tensor, use_halting: bool, chunk: int = 64) -> dict[str, np.ndarray]:
+def _run_chunked(engine: InferenceEngine, windows: Tensor, use_halting: bool, chunk: int) -> dict[str, np.ndarray]:
     probabilities, segments = [], []
     for start in range(0, windows.shape[0], chunk):
         result = engine.run(windows[start : start + chunk], use_halting=use_halting)
