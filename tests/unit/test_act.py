@@ -257,3 +257,16 @@ def test_step_runs_through_a_ddp_wrapper(tmp_path):
         assert not torch.equal(before, model.input_proj.weight)
     finally:
         dist.destroy_process_group()
+
+
+def test_q_continue_target_is_the_value_of_the_next_segment():
+    from hrm_platform.model.act import continue_value
+    from hrm_platform.model.hrm import HRMOutputs
+
+    next_outputs = HRMOutputs(
+        action_logits=torch.zeros(3, 3), quantity=torch.zeros(3),
+        q_halt=torch.tensor([2.0, -1.0, 0.0]), q_continue=torch.tensor([0.0, 1.0, -3.0]),
+    )
+    # Not last: the better of halting or continuing there. Last: only halting is possible.
+    torch.testing.assert_close(continue_value(next_outputs, next_is_last=False), torch.sigmoid(torch.tensor([2.0, 1.0, 0.0])))
+    torch.testing.assert_close(continue_value(next_outputs, next_is_last=True), torch.sigmoid(next_outputs.q_halt))

@@ -112,7 +112,8 @@ class HRM(nn.Module):
         self.window = window
         d_model = config.d_model
         self.input_proj = nn.Linear(n_features, d_model)
-        self.summary_token = nn.Parameter(torch.randn(1, 1, d_model) * 0.5)
+        self.summary_token = nn.Parameter(torch.randn(1, 1, d_model))
+        _init_unit_scale(self.input_proj)
         self.rotary = RotaryEmbedding(d_model // config.n_heads, window + 1, config.rope_base)
         self.L_level = ReasoningModule(config.l_layers, config)
         # Sharing registers the same module twice: one set of Parameters, updated by both levels.
@@ -170,6 +171,16 @@ class HRM(nn.Module):
         z_H, z_L, action_logits, quantity, q_halt, q_continue = self.segment(carry.z_H, carry.z_L, x)
         carry = HRMCarry(z_H, z_L).detached()
         return carry, HRMOutputs(action_logits, quantity, q_halt, q_continue, summary=carry.z_H[:, 0])
+
+
+def _init_unit_scale(projection: nn.Linear) -> None:
+    """LeCun-normal weights: unit-variance features map to tokens of RMS ~1, the scale of the post-norm states.
+
+    The injection z_H + x must not drown x: with torch's default init x would have RMS ~0.58 against states
+    of RMS 1, and later segments (whose z_H varies per token) would see the bars through that noise.
+    """
+    nn.init.trunc_normal_(projection.weight, std=projection.in_features**-0.5, a=-2 * projection.in_features**-0.5, b=2 * projection.in_features**-0.5)
+    nn.init.zeros_(projection.bias)
 
 
 def _truncated_normal(dim: int) -> Tensor:
