@@ -22,9 +22,11 @@ Baselines (same bars, same costs, same timing):
 - buy_and_hold: pos_t = 1 (pays one entry cost).
 - momentum: pos_t = sign(log(close[t] / close[t - L])), L = eval.momentum_lookback.
 - oracle (synthetic data only): the generator's E[log(close[t+h]/close[t]) | state at t] is known; the oracle
-  goes long or short by its sign when it beats a round trip's cost over the horizon, with the same 0..1
-  sizing rule as the labels (see `oracle_positions`). It is a reference for "how much of the predictable PnL
-  did the model capture", not an upper bound on any single path.
+  goes full size long or short by its sign when |E| beats a round trip's cost, flat otherwise (see
+  `oracle_positions`). It is a reference for "how much of the predictable PnL did the model capture", not an
+  upper bound on any single path. (Sizing it like the labels, by (|E| - threshold) / scale, would leave it
+  almost always flat: the expected h-bar move is mostly below the label threshold, which realised noise
+  crosses.)
 
 The portfolio is equal weight across instruments, rebalanced every bar: its return at a timestamp is the mean
 of the instruments' net returns there (positions are fractions of each instrument's 1/K sleeve).

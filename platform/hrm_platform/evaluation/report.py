@@ -91,6 +91,7 @@ def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, data_confi
             "symbols": [item.symbol for item in result.instruments],
             "test_start": str(result.portfolio.timestamps[0]),
             "test_end": str(result.portfolio.timestamps[-1]),
+            "test_bars": int(len(result.portfolio.timestamps)),
             "decisions": int(len(predicted)),
             "bars_per_year": periods,
             "window": data_config.window,
@@ -211,6 +212,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"Positions: {costs['holding']}; model position = direction of the argmax action (buy +1, sell -1, "
         f"hold 0) times the predicted quantity. Costs {costs['cost_bps']} bps per unit of turnover. Sharpe and "
         f"Sortino annualised with {data['bars_per_year']} bars per year. Labels look {data['horizon']} bars ahead.",
+        "",
+        f"The test split is {data['test_bars']} bars per instrument ({data['test_bars'] / data['bars_per_year']:.3f} "
+        "of a year at that rate): annualised returns extrapolate it by compounding and can look extreme; compare "
+        "strategies by Sharpe, drawdown and total return.",
         "",
         "## Model against baselines (equal-weight portfolio)",
         "",
