@@ -270,3 +270,15 @@ def test_q_continue_target_is_the_value_of_the_next_segment():
     # Not last: the better of halting or continuing there. Last: only halting is possible.
     torch.testing.assert_close(continue_value(next_outputs, next_is_last=False), torch.sigmoid(torch.tensor([2.0, 1.0, 0.0])))
     torch.testing.assert_close(continue_value(next_outputs, next_is_last=True), torch.sigmoid(next_outputs.q_halt))
+
+
+def test_a_bf16_copy_of_the_model_runs_act_inference_and_agrees_with_fp32():
+    import copy
+
+    model = make_model().eval()
+    windows, _, _ = make_batch()
+    reference = predict(model, windows, use_halting=False)
+    half = copy.deepcopy(model).to(torch.bfloat16)  # what a half-precision serving variant holds
+    result = predict(half, windows.to(torch.bfloat16), use_halting=False)
+    assert result.probabilities.dtype == torch.float32
+    assert (result.probabilities - reference.probabilities).abs().max() < 0.05

@@ -17,8 +17,8 @@ MODEL = ModelConfig(d_model=32, n_heads=2, h_layers=1, l_layers=1, h_cycles=1, l
 BATCHES = 60  # ~10 s on one idle core
 BATCH_SIZE = 64
 LR = 2e-3
-# Seeds 0 and 1 reach ~0.49 here against a majority class of ~0.37; a model that ignores its input cannot
-# clear the majority fraction at all.
+# Torch/numpy seeds 0, 1, 2 reach 0.460, 0.480, 0.489 against a majority class of 0.368; a model that ignores
+# its input cannot beat the majority fraction at all.
 MARGIN = 0.06
 
 
