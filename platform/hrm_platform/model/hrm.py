@@ -93,14 +93,15 @@ class DecisionHeads(nn.Module):
             self.q_values.bias.fill_(Q_HEAD_INIT_BIAS)
 
     def forward(self, summary: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        summary = summary.to(self.action.weight.dtype)  # (B, D); a half-precision copy of the model runs as is
-        action_logits = self.action(summary).float()  # (B, 3); outputs are fp32 for losses and halting
+        # summary (B, D) is in the model's own dtype (or autocast's), so fp32, half-precision and int8 copies all
+        # run as they are; the outputs are fp32 for losses and halting comparisons.
+        action_logits = self.action(summary).float()  # (B, 3)
         quantity = torch.sigmoid(self.quantity(summary).float()[:, 0])  # (B,)
         q_values = self.q_values(summary).float()  # (B, 2)
         return action_logits, quantity, q_values[:, 0], q_values[:, 1]
 
     def q_continue(self, summary: Tensor) -> Tensor:
-        """(B,) the q_continue logit alone, from a (detached) summary (B, D)."""
+        """(B,) the q_continue logit alone, from a (detached) summary (B, D) of a training model (nn.Linear)."""
         return self.q_values(summary.to(self.q_values.weight.dtype)).float()[:, 1]
 
 
