@@ -83,8 +83,10 @@ def train_for(
             batches, samples = batches + 1, samples + windows.shape[0]
             if time.perf_counter() - last_log > log_every:
                 last_log = time.perf_counter()
-                print(f"  {last_log - started:6.0f}s batch {batches:5d}  loss {metrics.loss[0]:.3f}->{metrics.loss[-1]:.3f}  "
-                      f"acc {metrics.accuracy[0]:.3f}->{metrics.accuracy[-1]:.3f}  segments {metrics.segments_used:.2f}", flush=True)
+                print(f"  {last_log - started:6.0f}s batch {batches:5d}  "
+                      f"loss {metrics.loss[0]:.3f}->{metrics.loss[-1]:.3f}  "
+                      f"acc {metrics.accuracy[0]:.3f}->{metrics.accuracy[-1]:.3f}  "
+                      f"segments {metrics.segments_used:.2f}", flush=True)
             if time.perf_counter() - started >= seconds:
                 break
     elapsed = time.perf_counter() - started
@@ -146,8 +148,8 @@ def run(config: PlatformConfig, seconds: float, threads: int, seed: int, latency
     majority = bundle.majority_fraction("val")
     report = {
         "model_config": config.model.model_dump(),
-        "train": {"lr": config.train.lr, "batch_size": config.train.batch_size, "q_loss_weight": config.train.q_loss_weight,
-                  "threads": threads, **training},
+        "train": {"lr": config.train.lr, "batch_size": config.train.batch_size,
+                  "q_loss_weight": config.train.q_loss_weight, "threads": threads, **training},
         "parameters": count_parameters(model),
         "val_majority_fraction": majority,
         "val": asdict(figures),
@@ -178,17 +180,17 @@ def _windows_of_length(bundle: DatasetBundle, window: int) -> torch.Tensor:
 
 
 def print_report(report: dict) -> None:
-    val, limit = report["val"], report["model_config"]["max_segments"]
+    val, limit, train = report["val"], report["model_config"]["max_segments"], report["train"]
     rows = [
         ("parameters (trained config)", f"{report['parameters']:,}"),
-        ("training", f"{report['train']['seconds']:.0f} s, {report['train']['batches']} batches, {report['train']['epochs']:.2f} epochs"),
+        ("training", f"{train['seconds']:.0f} s, {train['batches']} batches, {train['epochs']:.2f} epochs"),
         ("val majority-class fraction", f"{report['val_majority_fraction']:.3f}"),
         (f"val accuracy, always {limit} segments", f"{val['accuracy_at_limit']:.3f}"),
         ("val accuracy per segment", " ".join(f"{value:.3f}" for value in val["accuracy_per_segment"])),
         ("val accuracy with ACT halting", f"{val['accuracy_with_halting']:.3f}"),
         ("mean segments with halting", f"{val['mean_segments_with_halting']:.2f} of {limit}"),
         ("halting histogram (1..M)", str(val["segment_histogram"])),
-        ("halting - limit accuracy (points)", f"{100 * (val['accuracy_with_halting'] - val['accuracy_at_limit']):+.2f}"),
+        ("halting - limit accuracy (points)", _points(val["accuracy_with_halting"] - val["accuracy_at_limit"])),
     ]
     if "default_model_parameters" in report:
         rows += [
@@ -201,8 +203,13 @@ def print_report(report: dict) -> None:
         print(f"{name:<{width}}  {value}")
 
 
+def _points(difference: float) -> str:
+    return f"{100 * difference:+.2f}"
+
+
 def _latency(figures: dict) -> str:
-    return (f"median {figures['median_ms']:.2f} ms wall (p90 {figures['p90_ms']:.2f}), {figures['median_cpu_ms']:.2f} ms CPU; "
+    return (f"median {figures['median_ms']:.2f} ms wall (p90 {figures['p90_ms']:.2f}), "
+            f"{figures['median_cpu_ms']:.2f} ms CPU; "
             f"{figures['mean_segments']:.2f} segments, eager fp32, 1 thread, load {figures['load_average_1min']:.1f}")
 
 
@@ -212,7 +219,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (2 on an idle machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", default=None, help="YAML preset (default: the built-in defaults)")
-    parser.add_argument("--set", action="append", default=[], help="override on top of SMALL_CONFIG, e.g. model.d_model=64")
+    parser.add_argument(
+        "--set", action="append", default=[], help="override on top of SMALL_CONFIG, e.g. model.d_model=64"
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip the batch-1 latency measurements")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON report goes")
     args = parser.parse_args()

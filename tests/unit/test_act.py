@@ -268,7 +268,8 @@ def test_q_continue_target_is_the_value_of_the_next_segment():
         q_halt=torch.tensor([2.0, -1.0, 0.0]), q_continue=torch.tensor([0.0, 1.0, -3.0]),
     )
     # Not last: the better of halting or continuing there. Last: only halting is possible.
-    torch.testing.assert_close(continue_value(next_outputs, next_is_last=False), torch.sigmoid(torch.tensor([2.0, 1.0, 0.0])))
+    expected = torch.sigmoid(torch.tensor([2.0, 1.0, 0.0]))
+    torch.testing.assert_close(continue_value(next_outputs, next_is_last=False), expected)
     torch.testing.assert_close(continue_value(next_outputs, next_is_last=True), torch.sigmoid(next_outputs.q_halt))
 
 

@@ -165,9 +165,12 @@ def continue_value(next_outputs: HRMOutputs, next_is_last: bool) -> Tensor:
 
 def exploration_min_segments(batch_size: int, max_segments: int, epsilon: float, device: torch.device | str) -> Tensor:
     """(B,) int64: 1 for most samples; uniform{2..M} for a share epsilon of them (none when M == 1)."""
+    ones = torch.ones(batch_size, dtype=torch.int64, device=device)
+    if max_segments < 2:
+        return ones
     explore = torch.rand(batch_size, device=device) < epsilon
-    forced = torch.randint(2, max_segments + 1, (batch_size,), device=device) if max_segments > 1 else torch.ones(batch_size, dtype=torch.int64, device=device)
-    return torch.where(explore, forced, torch.ones_like(forced))
+    forced = torch.randint(2, max_segments + 1, (batch_size,), device=device)
+    return torch.where(explore, forced, ones)
 
 
 def halting_decision(outputs: HRMOutputs, segment_number: int, max_segments: int, min_segments: Tensor) -> Tensor:
@@ -216,7 +219,9 @@ def _backward_and_step(
     return grad_norm
 
 
-def _record(metrics: SegmentStepMetrics, outputs: HRMOutputs, actions: Tensor, loss: Tensor, active: Tensor, grad_norm: float) -> None:
+def _record(
+    metrics: SegmentStepMetrics, outputs: HRMOutputs, actions: Tensor, loss: Tensor, active: Tensor, grad_norm: float
+) -> None:
     with torch.no_grad():
         correct = outputs.action_logits.argmax(dim=-1) == actions  # (B,)
         says_right = outputs.q_halt > 0  # the Q head's guess that the action is right

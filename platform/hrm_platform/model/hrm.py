@@ -69,7 +69,9 @@ class ReasoningModule(nn.Module):
             TransformerBlock(config.d_model, config.n_heads, config.ff_mult) for _ in range(n_blocks)
         )
 
-    def forward(self, hidden: Tensor, injection: Tensor, cos: Tensor, sin: Tensor, checkpoint_blocks: bool = False) -> Tensor:
+    def forward(
+        self, hidden: Tensor, injection: Tensor, cos: Tensor, sin: Tensor, checkpoint_blocks: bool = False
+    ) -> Tensor:
         hidden = hidden + injection  # (B, T, D)
         for block in self.blocks:
             if checkpoint_blocks:
@@ -180,7 +182,8 @@ def _init_unit_scale(projection: nn.Linear) -> None:
     The injection z_H + x must not drown x: with torch's default init x would have RMS ~0.58 against states
     of RMS 1, and later segments (whose z_H varies per token) would see the bars through that noise.
     """
-    nn.init.trunc_normal_(projection.weight, std=projection.in_features**-0.5, a=-2 * projection.in_features**-0.5, b=2 * projection.in_features**-0.5)
+    std = projection.in_features**-0.5
+    nn.init.trunc_normal_(projection.weight, std=std, a=-2 * std, b=2 * std)
     nn.init.zeros_(projection.bias)
 
 
