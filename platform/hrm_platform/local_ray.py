@@ -1,0 +1,20 @@
+"""The embedded single-machine Ray cluster that `hrm train`, `hrm serve`, `hrm demo` and the tests start.
+
+Ray picks the machine's LAN address for its node by default, so the GCS, the raylet and every worker's gRPC
+port listen on all interfaces. Its loopback mode (the variable Ray uses for laptops, read when the node
+starts) keeps every listener on 127.0.0.1, which is what a one-machine cluster needs.
+"""
+
+from __future__ import annotations
+
+import os
+
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def init_local_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
+    """Start a new local cluster bound to loopback; never attach to another cluster on this machine."""
+    import ray
+
+    os.environ.update(LOOPBACK_ENV)  # read by ray.init below and inherited by the processes it starts
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
