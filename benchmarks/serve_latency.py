@@ -84,33 +84,31 @@ def prepare_checkpoint(checkpoint: Path | None) -> Path:
 
 
 def bench_engines(checkpoint: Path, bodies: list[bytes], repeats: int) -> list[dict[str, Any]]:
-    """Median batch-1 and batch-32 predict_bars time of every CPU variant that loads here."""
+    """Median batch-1 and batch-32 predict_bars time of every CPU variant that loads here, timed round-robin
+    (one call of each variant in turn) so that a load swing on the shared machine hits every variant alike."""
     from hrm_platform.serving.engine import EngineError, InferenceEngine
     from hrm_platform.serving.variants import variants_for_device
 
-    bars = [np.asarray(json.loads(body)["bars"]) for body in bodies[:32]]
-    rows = []
+    bars = [np.asarray(json.loads(body)["bars"]) for body in bodies[:32]]  # 32 x (bars_needed, 5)
+    engines, rows = {}, []
     for variant in variants_for_device("cpu"):
         try:
-            engine = InferenceEngine.from_checkpoint(checkpoint, variant=variant, torch_threads=1)
+            engines[variant] = InferenceEngine.from_checkpoint(checkpoint, variant=variant, torch_threads=1)
         except EngineError as error:
-            rows.append({"variant": variant, "error": str(error)[:120]})
-            continue
-        batch1 = _median_ms(lambda: engine.predict_bars(bars[:1]), repeats)
-        batch32 = _median_ms(lambda: engine.predict_bars(bars), max(3, repeats // 10))
+            rows.append({"variant": variant, "error": str(error)})
+    timings = {(variant, size): [] for variant in engines for size in (1, 32)}
+    for repeat in range(repeats):
+        for size in (1, 32) if repeat % 10 == 0 else (1,):  # batch 32 costs ~20x: time it every 10th round
+            for variant, engine in engines.items():
+                started = time.perf_counter()
+                engine.predict_bars(bars[:size])
+                timings[variant, size].append((time.perf_counter() - started) * 1e3)
+    for variant in engines:
+        batch1, batch32 = statistics.median(timings[variant, 1][1:]), statistics.median(timings[variant, 32])
         rows.append({"variant": variant, "batch1_ms": batch1, "batch32_ms": batch32,
                      "batch32_windows_per_s": 32_000 / batch32})
-    return rows
-
-
-def _median_ms(call, repeats: int) -> float:
-    call()
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        timings.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(timings)
+    order = variants_for_device("cpu")
+    return sorted(rows, key=lambda row: order.index(row["variant"]))
 
 
 # ------------------------------------------------------------------------------------------ HTTP load

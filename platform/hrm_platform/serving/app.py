@@ -42,7 +42,7 @@ from hrm_platform.config import ServeConfig
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import InferenceEngine, Prediction
 from hrm_platform.serving.http import create_api, overloaded
-from hrm_platform.serving.memory_guard import ReplicaMemoryMonitor, connect_memory_guard
+from hrm_platform.serving.memory_guard import ReplicaMemoryMonitor, connect_memory_guard, stop_memory_guard
 from hrm_platform.serving.schemas import (
     BatchRequest,
     BatchResponse,
@@ -271,19 +271,20 @@ class HRMDeployment:
         self._metrics.latency_ms.observe(latency_ms, tags={"route": route})
         return decision_response(prediction, cached=cached, model_version=prepared.model.version, latency_ms=latency_ms)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)  # replaced from ServeConfig in __init__
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both replaced from ServeConfig in __init__
     async def _run_batch(self, items: list[PreparedRequest]) -> list[Prediction]:
         """Concurrent cache misses -> one engine call per model (two only while a reload swaps models)."""
         results: list[Prediction | None] = [None] * len(items)
-        loop = asyncio.get_running_loop()
         for model, indices in _group_by_model(items).items():
-            predictions = await loop.run_in_executor(
-                self._inference,
-                model.engine.predict_bars,
-                [items[i].bars for i in indices],
-                [items[i].budget for i in indices],
-                [items[i].position for i in indices],
+            arguments = (
+                [items[i].bars for i in indices], [items[i].budget for i in indices], [items[i].position for i in indices]
             )
+            if len(items) == 1:  # nothing queued behind it: skip the thread hop (latency)
+                predictions = model.engine.predict_bars(*arguments)
+            else:  # requests are queueing: parse and validate them on the loop while this batch computes
+                predictions = await asyncio.get_running_loop().run_in_executor(
+                    self._inference, model.engine.predict_bars, *arguments
+                )
             for index, prediction in zip(indices, predictions):
                 results[index] = prediction
         return results
@@ -458,9 +459,11 @@ def serve_forever(checkpoint: Path, serve_config: ServeConfig) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
         if started_ray:
-            ray.shutdown()
+            ray.shutdown()  # everything goes with our cluster (serve.shutdown alone waits 30 s in fast ingress)
+        else:
+            serve.shutdown()
+            stop_memory_guard()  # detached: it would outlive the app on a shared cluster
     return 0
 
 

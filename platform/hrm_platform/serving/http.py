@@ -1,8 +1,8 @@
 """The HTTP layer: FastAPI routes, JSON errors, bearer token and body-size limit, independent of Ray.
 
 `create_api(service, serve, auth_token)` builds the FastAPI app around any object with the `Service`
-methods. The Serve deployment (serving/app.py) passes itself; tests and the uvicorn baseline of the latency
-benchmark can pass something simpler. Every error leaves as `ErrorResponse` JSON:
+methods. The Serve deployment (serving/app.py) passes itself; unit tests pass a fake. Every error leaves as
+`ErrorResponse` JSON:
 
     401 unauthorized     missing or wrong bearer token (only when a token is configured)
     413 body_too_large   Content-Length or the streamed body over serve.max_body_bytes, before any parsing
@@ -43,8 +43,8 @@ PROTECTED_PREFIXES = ("/v1/predict", "/v1/model")  # every route that runs or de
 RETRY_AFTER_S = 1
 STATUS_CODES = {400: "invalid_json", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                 413: "body_too_large", 422: "invalid_request", 503: "overloaded"}
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": code} for status, code in STATUS_CODES.items() if status != 404
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # documented in the OpenAPI schema of every route
+    status: {"model": ErrorResponse, "description": STATUS_CODES[status]} for status in (400, 401, 413, 422, 503)
 }
 
 
