@@ -40,11 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jobs.train: {error}", file=sys.stderr)
         return 2
     config.train.storage_path = job_storage_path(config.train.storage_path)
-    ray.init(address=os.environ.get("RAY_ADDRESS", "local"), log_to_driver=not args.json)
+    # The job's cluster (the job supervisor sets RAY_ADDRESS). py_modules ships this copy of the package to
+    # the Train controller and workers; Ray merges it with the job's working_dir.
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS", "local"),
+        runtime_env={"py_modules": [str(SOURCE_ROOT / "hrm_platform")]},
+        log_to_driver=not args.json,
+    )
     try:
-        summary = run_training(
-            config, quiet=args.json, worker_runtime_env={"py_modules": [str(SOURCE_ROOT / "hrm_platform")]}
-        )
+        summary = run_training(config, quiet=args.json)
     except TrainingError as error:
         print(f"jobs.train: {error}", file=sys.stderr)
         return 1

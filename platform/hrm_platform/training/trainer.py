@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from hrm_platform.config import PlatformConfig, TrainConfig
@@ -59,9 +59,7 @@ def storage_path(train: TrainConfig) -> str:
     return str(Path(train.storage_path).expanduser().resolve())
 
 
-def build_trainer(
-    config: PlatformConfig, *, print_progress: bool = False, worker_runtime_env: dict[str, Any] | None = None
-) -> TorchTrainer:
+def build_trainer(config: PlatformConfig, *, print_progress: bool = False) -> TorchTrainer:
     """DDP over `train.num_workers` workers: NCCL on GPUs, gloo on CPUs; keeps the best k checkpoints."""
     train = config.train
     return TorchTrainer(
@@ -82,22 +80,17 @@ def build_trainer(
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=train.max_failures),
-            worker_runtime_env=worker_runtime_env or {},
-            logging_config=LoggingConfig(log_level="WARNING"),  # rank 0's progress line says what matters
         ),
     )
 
 
-def run_training(
-    config: PlatformConfig, quiet: bool = False, *, worker_runtime_env: dict[str, Any] | None = None
-) -> TrainingSummary:
-    """Train on the connected Ray cluster, or on an embedded local one started (and stopped) here.
+def run_training(config: PlatformConfig, quiet: bool = False) -> TrainingSummary:
+    """Train on the connected Ray cluster (a job's), or on an embedded local one started and stopped here.
 
-    Rank 0 prints a progress line per epoch unless `quiet`. `worker_runtime_env` lets a job driver ship
-    the package to workers that cannot import it (see jobs/train.py).
+    Rank 0 prints a progress line per epoch unless `quiet`.
     """
     with _ray_session(config.train, quiet):
-        result = build_trainer(config, print_progress=not quiet, worker_runtime_env=worker_runtime_env).fit()
+        result = build_trainer(config, print_progress=not quiet).fit()
     if result.metrics and FAILURE_KEY in result.metrics:
         raise TrainingError(result.metrics[FAILURE_KEY])
     return summarize(result.best_checkpoints or [], result.checkpoint, str(result.path))

@@ -1,0 +1,149 @@
+"""Training throughput side by side: a plain single-process PyTorch loop vs Ray Train with 1 and 2 workers.
+
+    .venv/bin/python -m benchmarks.train_throughput                                   # the demo preset
+    .venv/bin/python -m benchmarks.train_throughput --config jobs/configs/smoke.yaml  # quick check
+
+All three train the same data for the same epochs with the same epoch and step functions
+(`training/epoch.py`), validate and write a checkpoint every epoch. The plain loop is `train_local`; the
+Ray variants are `run_training` on one local cluster started before any clock starts (cluster start is
+excluded; worker start-up inside `fit()` is included). Per variant: wall time, samples/s over the wall
+time, samples/s inside the epochs (the loop's own measure, no start-up), and time from the call to the
+first finished batch. Writes benchmarks/results/train_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as python_platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ray
+import torch
+
+from hrm_platform.config import PlatformConfig, load_config
+from hrm_platform.training.checkpoint import load_manifest
+from hrm_platform.training.local import train_local
+from hrm_platform.training.trainer import run_training
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "train_throughput.json"
+TARGET_RATIO = 1.3  # Ray Train with 1 worker within 1.3x of the plain loop's wall time
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    workers: int
+    wall_s: float
+    samples: int
+    samples_per_s_wall: float
+    samples_per_s_in_epochs: float  # mean of the per-epoch figures the loop measured
+    first_step_s: float  # from the call to the first finished batch
+    final_val_accuracy: float | None
+    ratio_to_plain: float | None = None
+
+
+def _summarise(variant: str, workers: int, started_unix: float, wall_s: float, history: list[dict]) -> VariantResult:
+    samples = sum(entry["samples"] for entry in history)
+    return VariantResult(
+        variant=variant,
+        workers=workers,
+        wall_s=wall_s,
+        samples=samples,
+        samples_per_s_wall=samples / wall_s,
+        samples_per_s_in_epochs=sum(entry["samples_per_s"] for entry in history) / len(history),
+        first_step_s=history[0]["first_step_unix"] - started_unix,
+        final_val_accuracy=history[-1].get("val_accuracy"),
+    )
+
+
+def run_plain(config: PlatformConfig, storage: Path) -> VariantResult:
+    started_unix, started = time.time(), time.perf_counter()
+    train_local(config, storage / "plain")
+    wall_s = time.perf_counter() - started
+    latest = sorted((storage / "plain").glob("epoch_*"))[-1]
+    return _summarise("plain PyTorch (train_local)", 1, started_unix, wall_s, load_manifest(latest)["metrics"]["history"])
+
+
+def run_ray(config: PlatformConfig, storage: Path, workers: int) -> VariantResult:
+    config = config.model_copy(deep=True)
+    config.train.num_workers = workers
+    config.train.storage_path = str(storage)
+    config.train.name = f"ray-{workers}"
+    started_unix, started = time.time(), time.perf_counter()
+    summary = run_training(config, quiet=True)
+    wall_s = time.perf_counter() - started
+    return _summarise(f"Ray Train, {workers} worker{'s' if workers > 1 else ''}", workers, started_unix, wall_s, summary.history)
+
+
+def render(results: list[VariantResult], config_path: str, epochs: int) -> str:
+    lines = [
+        f"train throughput: {config_path}, {epochs} epochs, torch threads per process: 1",
+        "",
+        "| variant | wall (s) | wall vs plain | samples/s (wall) | samples/s (in epochs) | first step (s) | final val acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        accuracy = f"{result.final_val_accuracy:.3f}" if result.final_val_accuracy is not None else "n/a"
+        lines.append(
+            f"| {result.variant} | {result.wall_s:.1f} | {result.ratio_to_plain:.2f}x | {result.samples_per_s_wall:.0f} | "
+            f"{result.samples_per_s_in_epochs:.0f} | {result.first_step_s:.1f} | {accuracy} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(REPO_ROOT / "jobs" / "configs" / "demo.yaml"))
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    overrides = [f"train.epochs={args.epochs}"] if args.epochs else []
+    config = load_config(args.config, overrides)
+    torch.set_num_threads(config.train.torch_threads)
+    load_before = os.getloadavg()
+    # Cluster start is not what we compare: start it first, with room for 2 workers.
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="hrm-train-bench-") as scratch:
+            storage = Path(scratch)
+            results = [run_plain(config, storage), run_ray(config, storage, 1), run_ray(config, storage, 2)]
+    finally:
+        ray.shutdown()
+    for result in results:
+        result.ratio_to_plain = result.wall_s / results[0].wall_s
+    table = render(results, Path(args.config).name, config.train.epochs)
+    print(table)
+    ray_one = results[1].ratio_to_plain
+    print(f"\nRay Train 1 worker / plain wall time: {ray_one:.2f}x (target <= {TARGET_RATIO}x): "
+          f"{'met' if ray_one <= TARGET_RATIO else 'NOT met'}")
+    payload = {
+        "config": args.config,
+        "epochs": config.train.epochs,
+        "results": [asdict(result) for result in results],
+        "ray1_over_plain": ray_one,
+        "target_ratio": TARGET_RATIO,
+        "target_met": ray_one <= TARGET_RATIO,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "python": python_platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "ray_train_health_check_interval_s": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0 (default)"),
+        },
+        "table": table,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
