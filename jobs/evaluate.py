@@ -1,10 +1,11 @@
-"""Backtest a checkpoint on the test split as a Ray job (or plainly with `python -m jobs.evaluate`).
+r"""Backtest a checkpoint on the test split as a Ray job (or plainly with `python -m jobs.evaluate`).
 
-    ray job submit --working-dir . -- python -m jobs.evaluate --checkpoint runs/demo/best --out artifacts/eval
-    ray job submit --working-dir . -- python -m jobs.evaluate --checkpoint runs/demo/best --data bars.csv --out artifacts/eval
+    ray job submit --working-dir . -- python -m jobs.evaluate --checkpoint runs/demo/epoch_0002 --out artifacts/eval
+    ray job submit --working-dir . -- python -m jobs.evaluate --checkpoint runs/demo/epoch_0002 --data bars.csv \
+        --out artifacts/eval
 
-The checkpoint path must be readable from the node that runs the job (a shared path or one inside the
-working dir). Writes OUT/metrics.json, OUT/*.png and OUT/report.md; prints the summary table.
+--checkpoint is the best checkpoint that `hrm train` printed; its path must be readable from the node that
+runs the job (a shared path, or one inside the working dir). Writes OUT/metrics.json, OUT/*.png and OUT/report.md; prints the summary table.
 """
 
 from __future__ import annotations

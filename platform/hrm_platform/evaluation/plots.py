@@ -25,8 +25,16 @@ STRATEGY_COLORS = {
 }
 
 
+# What the training loop records under these keys (training/epoch.py): the two losses are not the same sum,
+# so the legend says so rather than inviting a train-vs-val comparison of unlike quantities.
+TRAINING_LABELS = {
+    "train_loss": "train loss (action CE + quantity + ACT Q)",
+    "val_loss": "val loss (action NLL only)",
+}
+
+
 def _label(name: str) -> str:
-    return name.replace("_", " ")
+    return TRAINING_LABELS.get(name, name.replace("_", " "))
 
 
 def _color(name: str, fallback_index: int) -> str:
