@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from hrm_platform.data.market import generate_market
@@ -409,8 +410,6 @@ def test_hrm_predict_cli_prints_one_decision_per_symbol(serve_app, tmp_path):
     market = generate_market(2, 300, seed=9, horizon=4)
     frames = [frame.assign(symbol=symbol) for symbol, frame in market.bars.items()]
     csv = tmp_path / "bars.csv"
-    import pandas as pd
-
     pd.concat(frames).to_csv(csv)
     env = {**os.environ, "HRM_API_TOKEN": serve_app.token}
     command = [sys.executable, "-m", "hrm_platform.cli", "predict", "--url", serve_app.url, "--bars", str(csv), "--position", "0.5"]

@@ -1,7 +1,7 @@
 """The Ray Serve application: one FastAPI ingress deployment that validates, caches, batches and infers.
 
-    url = start_server(Path("runs/smoke/best"), ServeConfig(port=8123))   # embedded local Ray; tests, demo
-    hrm serve --checkpoint runs/smoke/best                                  # serve_forever: blocks, prints URL
+    url = start_server(Path("runs/smoke/epoch_0002"), ServeConfig(port=8123))   # embedded local Ray; tests, demo
+    hrm serve --checkpoint runs/smoke/epoch_0002                                  # serve_forever: blocks, prints URL
     serve run deployments/serve_config.yaml                                 # Serve's own CLI, same builder
 
 Request path in a replica: FastAPI + pydantic parse the body (serving/http.py, schemas.py) -> `check_bars`
