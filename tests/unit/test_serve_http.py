@@ -128,3 +128,23 @@ def test_deployment_options_follow_the_serve_config():
 
     with pytest.raises(ValueError, match="max_ongoing_requests=8 is below serve.max_batch_size=32"):
         deployment_options(ServeConfig(max_ongoing_requests=8, max_batch_size=32))
+
+
+def test_serve_config_yaml_is_a_valid_loopback_config_for_our_builder():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.hrm_app import app_builder
+    from hrm_platform.serving.app import DEPLOYMENT_NAME, AppArgs, ReloadConfig
+
+    path = Path(__file__).resolve().parents[2] / "deployments" / "serve_config.yaml"
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    assert config.http_options.host == "127.0.0.1"
+    (application,) = config.applications
+    assert application.import_path == f"deployments.hrm_app:{app_builder.__name__}"
+    args = AppArgs.model_validate(application.args)  # what Serve hands the builder
+    (deployment,) = application.deployments
+    assert deployment.name == DEPLOYMENT_NAME
+    assert ReloadConfig.model_validate(deployment.user_config).checkpoint == args.checkpoint
