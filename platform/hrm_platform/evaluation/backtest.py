@@ -41,17 +41,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from hrm_platform.data.features import FeatureSpec, compute_features
 from hrm_platform.evaluation import metrics
 
 if TYPE_CHECKING:
     import torch
 
     from hrm_platform.data.dataset import DatasetBundle
-    from hrm_platform.data.features import FeatureSpec
+    from hrm_platform.evaluation.report import EvaluationReport
 
 # Sign of the position for each action id, in data.dataset.ACTIONS order (hold, buy, sell).
 ACTION_DIRECTION = np.array([0.0, 1.0, -1.0])
-BASELINES = ("buy_and_hold", "momentum", "flat")
 INFERENCE_BATCH = 512
 
 
@@ -103,8 +103,6 @@ def normalised_features(bars: np.ndarray, feature_spec: FeatureSpec) -> np.ndarr
 
     compute_features is causal (row t uses bars <= t), so row t never sees a later bar.
     """
-    from hrm_platform.data.features import compute_features
-
     return feature_spec.stats.apply(compute_features(bars))
 
 
@@ -263,10 +261,6 @@ class BacktestResult:
     true_actions: dict[str, np.ndarray]  # symbol -> (N,) label ids at the same bars
     periods_per_year: float
 
-    @property
-    def has_oracle(self) -> bool:
-        return "oracle" in self.portfolio.runs
-
 
 def decision_bars_by_instrument(test_index: np.ndarray) -> dict[int, np.ndarray]:
     """Test WindowDataset index (N, 2) of (instrument, end_t) -> instrument id -> ascending end bars."""
@@ -309,12 +303,12 @@ def run_backtest(
     )
 
 
-def evaluate_checkpoint(checkpoint: Path, out_dir: Path, data_path: Path | None = None):
+def evaluate_checkpoint(checkpoint: Path, out_dir: Path, data_path: Path | None = None) -> EvaluationReport:
     """Backtest `checkpoint` on the test split; write out_dir/metrics.json, the PNGs and report.md.
 
     Data: the checkpoint's own data config (the same synthetic market: same seed, sizes and split) or, with
     `data_path`, that OHLCV file split the same way. Features are normalised with the checkpoint's stored
-    statistics either way, exactly as serving does. Returns an `EvaluationReport`.
+    statistics either way, exactly as serving does.
     """
     from hrm_platform.config import validate_config
     from hrm_platform.data.dataset import build_datasets
