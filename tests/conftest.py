@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hrm_platform.config import PlatformConfig, load_config
+from hrm_platform.local_ray import init_local_ray
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_PRESET = REPO_ROOT / "jobs" / "configs" / "smoke.yaml"
@@ -34,8 +35,8 @@ def ray_cluster():
 
     # Ray Train paces report() by this interval (2 s by default): keep tests quick.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    context = ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield context
+    init_local_ray(num_cpus=4, log_to_driver=False)
+    yield ray.get_runtime_context()
     ray.shutdown()
 
 

@@ -152,9 +152,13 @@ class ServeConfig(_Strict):
     memory_limit_gb: float = Field(4.0, gt=0, description="hard limit per replica (seed NFR1.3)")
     memory_soft_fraction: float = Field(0.85, gt=0, lt=1, description="cleanup above this share of the limit")
     memory_check_interval_s: float = Field(1.0, gt=0)
+    request_timeout_s: float = Field(
+        2.5, gt=0, description="Serve's proxy answers 408 after this; requests fail fast while no replica is alive"
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_bars: int = Field(4096, ge=1, description="bars per request")
     auth_token_env: str = Field("HRM_API_TOKEN", description="env var holding the bearer token; unset = no auth")
+    access_log: bool = Field(True, description="Serve's per-request access log lines")
     fast_ingress: bool = Field(
         False,
         description="Ray's HAProxy ingress + throughput-optimised data plane (much lower latency here). Off by "

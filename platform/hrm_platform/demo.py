@@ -10,6 +10,7 @@ as `<out>/summary.json`, which the end-to-end test reads.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +94,7 @@ def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool,
     """Run every stage; returns the process exit code. `config.data` already points at `data_path` when given
     (the CLI turns `--data` into overrides); the path is passed on to the evaluation."""
     from hrm_platform.evaluation.backtest import evaluate_checkpoint
+    from hrm_platform.local_ray import init_local_ray
     from hrm_platform.serving.app import start_server
     from hrm_platform.serving.export import export_engine
     from hrm_platform.training.trainer import run_training
@@ -100,7 +102,10 @@ def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool,
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     config.train.storage_path = str(out_dir / "runs")
+    config.serve.access_log = False  # the burst's summary says more than 60 access-log lines
     timings: dict[str, float] = {}
+    # One cluster for every stage: training and serving reuse it instead of starting their own.
+    init_local_ray(num_cpus=max(os.cpu_count() or 1, config.train.num_workers))
 
     with _stage("train (Ray Train, DDP)", timings):
         training = run_training(config)
@@ -206,8 +211,6 @@ def _body(window: np.ndarray, max_segments: int | None) -> dict:
 
 
 def _auth_headers(config: PlatformConfig) -> dict[str, str]:
-    import os
-
     token = os.environ.get(config.serve.auth_token_env)
     return {"Authorization": f"Bearer {token}"} if token else {}
 

@@ -39,6 +39,7 @@ from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from hrm_platform.config import ServeConfig
+from hrm_platform.local_ray import init_local_ray
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import InferenceEngine, Prediction
 from hrm_platform.serving.http import create_api, overloaded
@@ -53,6 +54,7 @@ from hrm_platform.serving.schemas import (
     check_bars,
     decision_response,
 )
+from hrm_platform.training.checkpoint import load_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +368,7 @@ def application_config(checkpoint: Path, serve_config: ServeConfig, env_vars: di
         "import_path": BUILDER_IMPORT_PATH,
         "args": {"checkpoint": str(checkpoint), "serve": serve_config.model_dump(mode="json")},
         "deployments": [{"name": DEPLOYMENT_NAME, "user_config": {"checkpoint": str(checkpoint)}}],
+        "logging_config": {"enable_access_log": serve_config.access_log},
     }
     if env_vars:
         config["runtime_env"] = {"env_vars": env_vars}
@@ -411,9 +414,13 @@ def start_server(checkpoint: Path, serve_config: ServeConfig, timeout_s: float =
     checkpoint = Path(checkpoint).resolve()
     env = ingress_env(serve_config)
     if not ray.is_initialized():
-        ray.init(address="local", include_dashboard=False)
+        init_local_ray()
     serve.start(
-        http_options={"host": serve_config.host, "port": serve_config.port},
+        http_options={
+            "host": serve_config.host,
+            "port": serve_config.port,
+            "request_timeout_s": serve_config.request_timeout_s,
+        },
         controller_options={"runtime_env": {"env_vars": env}},
     )
     host, port = _serve_http_address()
@@ -434,6 +441,7 @@ def start_server(checkpoint: Path, serve_config: ServeConfig, timeout_s: float =
 def reload_checkpoint(checkpoint: Path, app_name: str = APP_NAME) -> None:
     """Point the running app at another checkpoint: only user_config changes, so replicas reconfigure in
     place (no restart). Returns once Serve accepted the config; replicas swap when the new model is loaded."""
+    load_manifest(checkpoint)  # refuse a damaged checkpoint here: a replica restarting later would start from it
     applications = _deployed_applications()
     if app_name not in applications:
         raise RuntimeError(f"no application {app_name!r} deployed from a config (running: {sorted(applications)})")
