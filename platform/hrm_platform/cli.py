@@ -79,7 +79,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     try:
         report = export_engine(args.checkpoint, variants=args.variants)
-    except (CheckpointError, EngineError, VariantError) as error:
+    except (CheckpointError, EngineError, VariantError, OSError) as error:  # OSError: a read-only checkpoint dir
         print(f"hrm export: {error}", file=sys.stderr)
         return 2
     print(report.summary())

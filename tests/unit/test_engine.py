@@ -72,6 +72,8 @@ def test_bad_budgets_and_bars_are_refused_with_the_request_named(eager_engine, h
         eager_engine.predict_bars([bars[-10:]])
     with pytest.raises(ValueError, match="2 budgets for 1 requests"):
         eager_engine.predict_bars([bars], budgets=[1, 2])
+    with pytest.raises(ValueError, match="1 positions for 2 requests"):
+        eager_engine.predict_bars([bars, bars], positions=[0.0])
 
 
 def test_deadline_maps_to_fewer_segments_when_tighter(eager_engine):

@@ -100,9 +100,41 @@ def test_export_of_another_model_version_is_ignored(checkpoint_copy):
     manifest["model_version"] = "0" * 12
     path.write_text(json.dumps(manifest))
     assert InferenceEngine.from_checkpoint(checkpoint_copy).variant == "eager"
+    path.write_text("{not json")  # a damaged manifest: the automatic choice serves eager, a named variant refuses
+    assert InferenceEngine.from_checkpoint(checkpoint_copy).variant == "eager"
+    with pytest.raises(EngineError, match="not valid JSON"):
+        InferenceEngine.from_checkpoint(checkpoint_copy, variant="jit_int8")
 
 
 def _synthetic_request(n_bars: int):
     from hrm_platform.serving.engine import synthetic_bars
 
     return synthetic_bars(n_bars, seed=11)
+
+
+def test_ready_time_rule_absolute_when_quiet_relative_to_eager_when_loaded(monkeypatch):
+    """A variant that compiles at start is never servable; load on the machine does not disqualify the rest."""
+    from hrm_platform.serving.export import ExportReport, VariantFigures
+
+    def report_with(ready: dict[str, float]) -> ExportReport:
+        monkeypatch.setattr(
+            export_module, "time_fresh_load", lambda checkpoint, name, threads, timeout: (ready[name], "")
+        )
+        variants = [VariantFigures(name, "", status="passed") for name in ready]
+        report = ExportReport(Path("."), "v", None, variants, 256, 1, ExportSettings(), Path("m.json"))
+        export_module._measure_ready(report, ExportSettings())
+        return report
+
+    quiet = report_with({"eager": 2.5, "jit_int8": 3.0, "compiled": 16.0})
+    assert [entry.status for entry in quiet.variants] == ["passed", "passed", "not servable"]
+    assert "limit 15.0 s" in quiet.figures("compiled").reason
+    loaded = report_with({"eager": 10.0, "jit_int8": 11.0, "compiled": 18.0, "compiled_int8": 56.0})
+    assert [entry.status for entry in loaded.variants] == ["passed", "passed", "passed", "not servable"]
+    assert "eager fp32 beside it: 10.0 s" in loaded.figures("compiled_int8").reason
+
+
+def test_cli_export_reports_bad_input_without_traceback(tmp_path, trained_checkpoint, capsys):
+    assert main(["export", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(trained_checkpoint), "--variants", "fastest"]) == 2
+    assert "unknown engine variant 'fastest'" in capsys.readouterr().err

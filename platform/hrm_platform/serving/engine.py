@@ -1,6 +1,6 @@
 """Inference engine: a verified checkpoint, one engine variant, ACT inference with per-request budgets.
 
-    engine = InferenceEngine.from_checkpoint("runs/smoke/best")          # what `hrm export` chose
+    engine = InferenceEngine.from_checkpoint("runs/demo/epoch_0002")          # what `hrm export` chose
     engine.predict_bars([bars], budgets=[None], positions=[0.0])          # bars (N >= bars_needed, 5) OHLCV
     engine.segments_for_deadline(5.0)                                     # budget that fits in 5 ms
 
@@ -114,15 +114,16 @@ class InferenceEngine:
             hrm, loaded = load_model(checkpoint_dir)
         except (CheckpointError, ValueError) as error:
             raise EngineError(f"cannot load checkpoint {checkpoint_dir}: {error}") from error
-        serving = read_serving_manifest(checkpoint_dir, loaded.model_version)
-        name = variant if variant is not None else _exported_choice(serving, checkpoint_dir)
         try:
+            serving = read_serving_manifest(checkpoint_dir, loaded.model_version)
+            name = variant if variant is not None else _exported_choice(serving, checkpoint_dir)
             target = torch.device(device) if device is not None else _default_device(name)
             engine = cls._build(hrm, loaded.model_version, loaded.feature_spec, checkpoint_dir, name, target, serving)
         except (VariantError, EngineError) as error:
             if variant is not None:
-                raise EngineError(f"checkpoint {checkpoint_dir}: engine variant {name!r}: {error}") from error
-            logger.warning("exported engine variant %r does not load here (%s); serving eager fp32", name, error)
+                raise EngineError(f"checkpoint {checkpoint_dir}: engine variant {variant!r}: {error}") from error
+            # The checkpoint itself verified: serve it plainly rather than not at all.
+            logger.warning("the exported engine does not load here (%s); serving eager fp32", error)
             engine = cls._build(
                 hrm, loaded.model_version, loaded.feature_spec, checkpoint_dir, "eager", torch.device("cpu"), None
             )
@@ -183,8 +184,11 @@ class InferenceEngine:
         """windows (B, W, F) normalised features -> one Prediction per window."""
         windows = torch.as_tensor(np.asarray(windows, dtype=np.float32)) if not isinstance(windows, Tensor) else windows
         batch_size = windows.shape[0]
+        positions = [0.0] * batch_size if positions is None else positions
+        if len(positions) != batch_size:
+            raise ValueError(f"got {len(positions)} positions for {batch_size} requests")
         result = self.run(windows, self._budget_tensor(budgets, batch_size))
-        return self._predictions(result, positions if positions is not None else [0.0] * batch_size)
+        return self._predictions(result, positions)
 
     def predict_bars(
         self,

@@ -1,7 +1,7 @@
 """Export: build every engine variant once, measure and check it, choose what replicas serve.
 
-    hrm export --checkpoint runs/smoke/best
-    ray job submit --working-dir . -- python -m jobs.export --checkpoint runs/smoke/best
+    hrm export --checkpoint runs/demo/epoch_0002
+    ray job submit --working-dir . -- python -m jobs.export --checkpoint runs/demo/epoch_0002
 
 For each variant (serving/variants.py) export builds it and writes its artefacts, then, side by side in one
 process with `serve.torch_threads` threads:
@@ -13,8 +13,10 @@ process with `serve.torch_threads` threads:
   are nearly tied may stop one segment earlier in either engine, which the agreement figure already covers);
 - replica-ready time: a fresh process that imports the engine, verifies the checkpoint and the artefacts,
   loads the variant and warms up.
-A variant passes with agreement >= 99 % and probability difference <= 0.05; it is servable when it also
-loads in <= 15 s. The fastest passing, servable variant at batch 1 is chosen. Everything goes into
+A variant passes with agreement >= 99 % and probability difference <= 0.05; it is servable when a fresh
+replica is ready in <= 15 s, or, on a machine so loaded that eager fp32 itself starts slowly, in <= 2x
+eager's start measured beside it (a variant that compiles at start fails either way). The fastest passing,
+servable variant at batch 1 is chosen. Everything goes into
 `<checkpoint>/serving/serving_manifest.json`, with the sha256 of every artefact.
 """
 
@@ -70,7 +72,8 @@ EXPLICIT_ONLY_VARIANTS = ("compiled_int8",)
 class ExportSettings:
     min_agreement: float = 0.99
     max_probability_diff: float = 0.05
-    max_ready_s: float = 15.0
+    max_ready_s: float = 15.0  # a fresh replica's start budget on a quiet machine
+    max_ready_vs_eager: float = 2.0  # ... or this multiple of eager's start, measured beside it (loaded machine)
     eval_windows: int = 512  # held-out windows for the agreement check (at least 256 are required)
     repeats_batch1: int = 40
     repeats_batch32: int = 8
@@ -361,22 +364,32 @@ def _run_chunked(engine: InferenceEngine, windows: Tensor, use_halting: bool, ch
 
 
 def _measure_ready(report: ExportReport, settings: ExportSettings) -> None:
-    """Seconds for a fresh process to import the engine, verify, load and warm up each passing variant."""
-    for entry in report.variants:
+    """Seconds for a fresh process to import the engine, verify, load and warm up each passing variant.
+
+    Eager fp32 goes first: its time is the floor every replica pays (interpreter, torch, checkpoint
+    verification) under the machine's current load. A variant is servable when it is ready within
+    max(max_ready_s, max_ready_vs_eager x that floor): on a quiet machine the absolute budget decides; on a
+    loaded one, where even eager is slow, a variant that compiles at start still stands out.
+    """
+    if not settings.measure_ready:
+        return
+    floor_s: float | None = None
+    for entry in report.variants:  # eager is first (see _variant_names)
         if not entry.passed_checks:
             continue
-        if settings.measure_ready:
-            entry.ready_s, problem = time_fresh_load(
-                report.checkpoint, entry.name, report.torch_threads, settings.max_ready_s * 8
+        entry.ready_s, problem = time_fresh_load(report.checkpoint, entry.name, report.torch_threads, 120.0)
+        if problem:
+            entry.status, entry.reason = "not servable", problem
+            continue
+        if entry.name == "eager":
+            floor_s = entry.ready_s
+        limit_s = max(settings.max_ready_s, settings.max_ready_vs_eager * (floor_s or 0.0))
+        if entry.ready_s > limit_s:
+            entry.status = "not servable"
+            entry.reason = (
+                f"a fresh replica needs {entry.ready_s:.1f} s to be ready (limit {limit_s:.1f} s; "
+                f"eager fp32 beside it: {floor_s or float('nan'):.1f} s)"
             )
-            if problem:
-                entry.status, entry.reason = "not servable", problem
-                continue
-            if entry.ready_s > settings.max_ready_s:
-                entry.status = "not servable"
-                entry.reason = (
-                    f"a fresh replica needs {entry.ready_s:.1f} s to be ready (> {settings.max_ready_s:.0f} s)"
-                )
 
 
 def time_fresh_load(checkpoint: Path, variant: str, torch_threads: int, timeout_s: float) -> tuple[float, str]:
