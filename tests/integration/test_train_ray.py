@@ -15,7 +15,7 @@ import torch
 
 from hrm_platform.config import PlatformConfig, load_config
 from hrm_platform.training.checkpoint import MODEL_FILE, file_sha256, load_checkpoint, load_manifest
-from hrm_platform.training.trainer import TrainingSummary, run_training
+from hrm_platform.training.trainer import TrainingError, TrainingSummary, run_training
 
 pytestmark = pytest.mark.ray
 
@@ -88,3 +88,14 @@ def test_same_name_and_storage_resumes_at_epoch_3(two_epoch_run: FinishedRun) ->
     assert [entry["step"] for entry in second.history] == [steps_per_epoch * epoch for epoch in epochs]
     assert load_manifest(Path(second.latest_checkpoint_path))["epoch"] == 4
     assert math.isfinite(second.metrics["val_accuracy"])
+
+
+def test_non_finite_loss_stops_the_run_at_once_without_a_checkpoint(ray_cluster, tmp_path: Path) -> None:
+    # lr 1e30: the first optimizer step overflows the weights, so segment 2 of step 1 has a NaN loss.
+    config = load_config(
+        SMOKE_PRESET,
+        [f"train.storage_path={tmp_path}", "train.name=diverge", "train.lr=1e30", "train.warmup_steps=0"],
+    )
+    with pytest.raises(TrainingError, match=r"non-finite training loss at epoch 1, step 1 .*no checkpoint was written"):
+        run_training(config, quiet=True)
+    assert list((tmp_path / "diverge").glob("epoch_*")) == []

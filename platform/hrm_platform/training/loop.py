@@ -43,7 +43,7 @@ from hrm_platform.training.epoch import (
 )
 
 PRINT_PROGRESS_KEY = "print_progress"  # the one key of train_loop_config that is not a PlatformConfig section
-FAILURE_KEY = "failure"  # reported instead of a checkpoint when training must stop (non-finite loss)
+FAILURE_KEY = "failure"  # in the loop's return value when training stopped on purpose (non-finite loss)
 
 
 def loop_config(config: PlatformConfig, print_progress: bool) -> dict[str, Any]:
@@ -51,7 +51,8 @@ def loop_config(config: PlatformConfig, print_progress: bool) -> dict[str, Any]:
     return {**config.model_dump(mode="json"), PRINT_PROGRESS_KEY: print_progress}
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Train one rank; returns {"epochs_completed": n} or {"failure": message} (Ray keeps rank 0's)."""
     raw = dict(config)
     print_progress = bool(raw.pop(PRINT_PROGRESS_KEY, False))
     platform = validate_config(raw, source="train_loop_config")
@@ -68,9 +69,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         try:
             metrics = train_epoch(run, bundle.train, sampler, platform, collective)
         except NonFiniteLossError as error:
-            # Every rank raises together; reporting (not raising) stops the run without FailureConfig retries.
-            ray.train.report({FAILURE_KEY: str(error), "epoch": run.epoch + 1})
-            return
+            # Every rank stops here together. Returning (not raising) ends the run at once: a raised error
+            # would make FailureConfig restart from the last checkpoint and diverge again.
+            return {FAILURE_KEY: str(error), "epochs_completed": run.epoch}
         if should_validate(run.epoch, platform):
             metrics.update(validate(run, bundle.val, platform, collective))
         metrics["param_fingerprints"] = collective.gather_objects(parameter_fingerprint(run.model))
@@ -84,6 +85,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # sys.stdout, not print(): Ray Train patches print() into its logger, which echoes it twice.
             sys.stdout.write(format_progress(metrics, platform.train.epochs, seconds_per_epoch) + "\n")
             sys.stdout.flush()
+    return {"epochs_completed": run.epoch}
 
 
 def _prepare_run(

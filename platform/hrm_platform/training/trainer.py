@@ -91,8 +91,9 @@ def run_training(config: PlatformConfig, quiet: bool = False) -> TrainingSummary
     """
     with _ray_session(config.train, quiet):
         result = build_trainer(config, print_progress=not quiet).fit()
-    if result.metrics and FAILURE_KEY in result.metrics:
-        raise TrainingError(result.metrics[FAILURE_KEY])
+    outcome = result.return_value if isinstance(result.return_value, dict) else {}
+    if FAILURE_KEY in outcome:
+        raise TrainingError(outcome[FAILURE_KEY])
     return summarize(result.best_checkpoints or [], result.checkpoint, str(result.path))
 
 
