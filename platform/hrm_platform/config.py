@@ -141,6 +141,7 @@ class ServeConfig(_Strict):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     replica_cpus: float = Field(1.0, gt=0)
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fp16/bf16 variants run on CUDA)")
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(

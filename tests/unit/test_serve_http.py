@@ -130,7 +130,8 @@ def test_deployment_options_follow_the_serve_config():
         deployment_options(ServeConfig(max_ongoing_requests=8, max_batch_size=32))
 
 
-def test_serve_config_yaml_is_a_valid_loopback_config_for_our_builder():
+@pytest.mark.parametrize("config_name", ["serve_config.yaml", "serve_config.gpu.yaml"])
+def test_serve_config_yaml_is_a_valid_loopback_config_for_our_builder(config_name: str):
     from pathlib import Path
 
     import yaml
@@ -139,7 +140,7 @@ def test_serve_config_yaml_is_a_valid_loopback_config_for_our_builder():
     from deployments.hrm_app import app_builder
     from hrm_platform.serving.app import DEPLOYMENT_NAME, AppArgs, ReloadConfig
 
-    path = Path(__file__).resolve().parents[2] / "deployments" / "serve_config.yaml"
+    path = Path(__file__).resolve().parents[2] / "deployments" / config_name
     config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     assert config.http_options.host == "127.0.0.1"
     (application,) = config.applications

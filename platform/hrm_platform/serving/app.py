@@ -336,7 +336,7 @@ def deployment_options(serve_config: ServeConfig) -> dict[str, Any]:
         )
     options: dict[str, Any] = {
         "max_ongoing_requests": serve_config.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": serve_config.replica_cpus},
+        "ray_actor_options": {"num_cpus": serve_config.replica_cpus, "num_gpus": serve_config.replica_gpus},
         "health_check_period_s": 5.0,
         "health_check_timeout_s": 15.0,
     }
