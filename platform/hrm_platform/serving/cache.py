@@ -101,7 +101,10 @@ class PredictionCache:
             self._entries[key] = value
 
     def clear(self) -> int:
-        """Drop every entry (memory cleanup, model reload); returns how many were dropped. Counters stay."""
+        """Drop every entry (memory cleanup, model reload); returns how many were dropped. Counters stay.
+
+        A fresh TTLCache rather than `.clear()`: cachetools releases before tkem/cachetools#386 clear through
+        popitem(), which would count every entry as an eviction."""
         with self._lock:
             dropped = len(self._entries)
             evictions, expirations = self._entries.evictions, self._entries.expirations

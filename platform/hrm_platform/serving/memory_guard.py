@@ -34,7 +34,7 @@ import gc
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import psutil
@@ -100,18 +100,13 @@ class _ReplicaRecord:
     sheds: int = 0  # transitions into "shed"
 
 
-@dataclass
 class MemoryGuard:
     """Per-replica memory state and directives. Wrapped as a named Ray actor by `connect_memory_guard`."""
 
-    limit_gb: float = 4.0
-    soft_fraction: float = 0.85
-    stale_after_s: float = 60.0  # replicas silent this long (dead, scaled down) leave the snapshot
-    _policy: MemoryPolicy = field(init=False)
-    _replicas: dict[str, _ReplicaRecord] = field(init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._policy = MemoryPolicy.from_gb(self.limit_gb, self.soft_fraction)
+    def __init__(self, limit_gb: float = 4.0, soft_fraction: float = 0.85, stale_after_s: float = 60.0) -> None:
+        self._policy = MemoryPolicy.from_gb(limit_gb, soft_fraction)
+        self._replicas: dict[str, _ReplicaRecord] = {}
+        self.stale_after_s = stale_after_s  # replicas silent this long (dead, scaled down) leave the snapshot
 
     def register(self, replica_id: str) -> Directive:
         if replica_id not in self._replicas:
@@ -138,8 +133,6 @@ class MemoryGuard:
     def set_limit_gb(self, limit_gb: float, soft_fraction: float | None = None) -> dict[str, Directive]:
         """New limit for every replica, applied at once to their latest readings; returns the directives."""
         self._policy = MemoryPolicy.from_gb(limit_gb, soft_fraction or self._policy.soft_fraction)
-        self.limit_gb = limit_gb
-        self.soft_fraction = self._policy.soft_fraction
         for record in self._replicas.values():
             self._update(record)
         return {replica_id: record.directive for replica_id, record in self._replicas.items()}
@@ -162,7 +155,7 @@ class MemoryGuard:
         return {
             "limit_bytes": self._policy.limit_bytes,
             "soft_bytes": self._policy.soft_bytes,
-            "limit_gb": self.limit_gb,
+            "limit_gb": self._policy.limit_bytes / GIB,
             "soft_fraction": self._policy.soft_fraction,
             "replicas": replicas,
             "shedding": sorted(r for r, record in self._replicas.items() if record.directive == "shed"),
