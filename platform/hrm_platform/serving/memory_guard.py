@@ -29,6 +29,7 @@ Outside Ray (bare engine, tests) use `MemoryPolicy` directly; `MemoryGuard` is a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -263,16 +264,17 @@ def _torch_cuda_reserved() -> int:
 
 
 def cleanup(engine: Any = None, cache: Any = None) -> dict[str, int]:
-    """The seed's `trigger_memory_cleanup`: clear the cache, collect garbage, release cached CUDA blocks."""
+    """The seed's `trigger_memory_cleanup`: clear the cache, collect garbage, and on CUDA release the cached
+    blocks of the engine's GPU (`engine.device`; the current device when no engine is given)."""
     dropped = cache.clear() if cache is not None else 0
-    release = getattr(engine, "release_memory", None)
-    if callable(release):
-        release()
     collected = gc.collect()
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+        device = getattr(engine, "device", None)
+        on_engine_gpu = device is not None and device.type == "cuda"
+        with torch.cuda.device(device) if on_engine_gpu else contextlib.nullcontext():
+            torch.cuda.empty_cache()
     return {"cache_entries_dropped": dropped, "objects_collected": collected}
 
 
