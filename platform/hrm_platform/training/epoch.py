@@ -117,9 +117,12 @@ def build_model(config: PlatformConfig, n_features: int) -> HRM:
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on biases, norms, the summary token's vector axes)."""
-    decayed = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    plain = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    """AdamW; weight decay on weight matrices only (not on biases, norm gains or the summary token)."""
+    decayed, plain = [], []
+    for name, parameter in unwrap_model(model).named_parameters():
+        if parameter.requires_grad:
+            is_matrix = parameter.ndim >= 2 and "summary_token" not in name
+            (decayed if is_matrix else plain).append(parameter)
     groups = [{"params": decayed, "weight_decay": train.weight_decay}, {"params": plain, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=train.lr)
 
