@@ -328,6 +328,7 @@ def test_reload_under_load_fails_nothing_and_serves_nothing_stale(client, serve_
 
 def test_reload_to_a_broken_checkpoint_keeps_the_old_model(client, serve_app, engine, market_bars, tmp_path):
     from hrm_platform.serving.app import reload_checkpoint
+    from hrm_platform.training.checkpoint import CheckpointError
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -337,8 +338,10 @@ def test_reload_to_a_broken_checkpoint_keeps_the_old_model(client, serve_app, en
     weights = bytearray((broken / "model.pt").read_bytes())
     weights[-100] ^= 0xFF  # one flipped byte: the sha256 in the manifest no longer matches
     (broken / "model.pt").write_bytes(bytes(weights))
+    with pytest.raises(CheckpointError, match="model.pt"):
+        reload_checkpoint(broken)  # refused before the deployment's config changes
     try:
-        reload_checkpoint(broken)
+        reload_checkpoint(broken, verify=False)  # as `serve deploy` would: the replica must refuse it itself
         deadline = time.monotonic() + 30
         while health(client)["reload_error"] is None and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -438,10 +438,15 @@ def start_server(checkpoint: Path, serve_config: ServeConfig, timeout_s: float =
     return f"http://{host}:{port}"
 
 
-def reload_checkpoint(checkpoint: Path, app_name: str = APP_NAME) -> None:
+def reload_checkpoint(checkpoint: Path, app_name: str = APP_NAME, verify: bool = True) -> None:
     """Point the running app at another checkpoint: only user_config changes, so replicas reconfigure in
-    place (no restart). Returns once Serve accepted the config; replicas swap when the new model is loaded."""
-    load_manifest(checkpoint)  # refuse a damaged checkpoint here: a replica restarting later would start from it
+    place (no restart). Returns once Serve accepted the config; replicas swap when the new model is loaded.
+
+    A damaged checkpoint is refused here (CheckpointError), because a replica restarting later would start
+    from whatever user_config names. `verify=False` skips that, as `serve deploy` of an edited YAML does; the
+    replicas then refuse it themselves and keep serving the old model."""
+    if verify:
+        load_manifest(checkpoint)
     applications = _deployed_applications()
     if app_name not in applications:
         raise RuntimeError(f"no application {app_name!r} deployed from a config (running: {sorted(applications)})")
