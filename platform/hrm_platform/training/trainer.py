@@ -25,6 +25,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from hrm_platform.config import PlatformConfig, TrainConfig
+from hrm_platform.local_ray import init_local_ray
 from hrm_platform.training.checkpoint import load_manifest
 from hrm_platform.training.loop import FAILURE_KEY, loop_config, train_loop_per_worker
 
@@ -104,12 +105,7 @@ def _ray_session(train: TrainConfig, quiet: bool) -> Iterator[None]:
         return
     # Never attach to another cluster on this machine; make room for the workers even on a small one.
     needed_cpus = math.ceil(train.num_workers * train.cpus_per_worker)
-    ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, needed_cpus),
-        include_dashboard=False,
-        log_to_driver=not quiet,
-    )
+    init_local_ray(num_cpus=max(os.cpu_count() or 1, needed_cpus), log_to_driver=not quiet)
     try:
         yield
     finally:
