@@ -29,8 +29,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests
 
+# Each benchmark runs our path beside its baseline in one run, prints a table, writes benchmarks/results/*.json.
+BENCHMARKS := data_memory model_learning train_throughput serve_latency soak
 bench: setup
-	$(PY) -m benchmarks.run_all
+	@for name in $(BENCHMARKS); do echo "== benchmarks.$$name"; $(PY) -m benchmarks.$$name || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs artifacts .pytest_cache
