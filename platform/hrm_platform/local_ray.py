@@ -1,8 +1,8 @@
 """The embedded single-machine Ray cluster that `hrm train`, `hrm serve`, `hrm demo` and the tests start.
 
 Ray picks the machine's LAN address for its node by default, so the GCS, the raylet and every worker's gRPC
-port listen on all interfaces. Its loopback mode (the variable Ray uses for laptops, read when the node
-starts) keeps every listener on 127.0.0.1, which is what a one-machine cluster needs.
+port listen on all interfaces. Its loopback mode (meant for laptops) keeps every listener on 127.0.0.1,
+which is what a one-machine cluster needs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 def init_local_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     """Start a new local cluster bound to loopback; never attach to another cluster on this machine."""
     import ray
+    from ray._private import ray_constants
 
-    os.environ.update(LOOPBACK_ENV)  # read by ray.init below and inherited by the processes it starts
+    # Ray reads the switch once, when ray_constants is first imported (often long before this call), so set
+    # the module's value for this process and the environment for the processes the cluster starts.
+    os.environ.update(LOOPBACK_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
