@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/hrm demo
+	$(VENV)/bin/hrm demo --config jobs/configs/demo.yaml
 
 test: setup
 	$(PY) -m pytest tests

@@ -21,6 +21,9 @@ from pathlib import Path
 from hrm_platform.config import ConfigError, PlatformConfig, load_config
 
 
+DEMO_PRESET = Path("jobs/configs/demo.yaml")  # relative to the repository root, where `make demo` runs
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="YAML preset (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -157,6 +160,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="data -> train -> evaluate -> export -> serve -> requests")
     _add_config_args(demo)
+    # The demo preset sizes the model for a few minutes on 2 CPUs; the built-in defaults are the serving size.
+    demo.set_defaults(config=DEMO_PRESET if DEMO_PRESET.is_file() else None)
     demo.add_argument("--data", type=Path, default=None, help="OHLCV CSV/Parquet instead of the synthetic market")
     demo.add_argument("--out", type=Path, default=Path("artifacts/demo"))
     demo.add_argument("--keep-serving", action="store_true", help="keep the server up after the demo")
