@@ -29,6 +29,7 @@ import ray
 import torch
 
 from hrm_platform.config import PlatformConfig, load_config
+from hrm_platform.local_ray import init_local_ray
 from hrm_platform.training.checkpoint import load_manifest
 from hrm_platform.training.local import train_local
 from hrm_platform.training.trainer import run_training
@@ -130,7 +131,7 @@ def main() -> None:
     torch.set_num_threads(config.train.torch_threads)
     load_before = os.getloadavg()
     # Cluster start is not what we compare: start it first, with room for 2 workers.
-    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    init_local_ray(num_cpus=max(2, os.cpu_count() or 1), log_to_driver=False)
     try:
         with tempfile.TemporaryDirectory(prefix="hrm-train-bench-") as scratch:
             rounds = [run_round(config, Path(scratch), number) for number in range(args.repeats)]

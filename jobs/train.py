@@ -40,13 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jobs.train: {error}", file=sys.stderr)
         return 2
     config.train.storage_path = job_storage_path(config.train.storage_path)
-    # The job's cluster (the job supervisor sets RAY_ADDRESS). py_modules ships this copy of the package to
-    # the Train controller and workers; Ray merges it with the job's working_dir.
-    ray.init(
-        address=os.environ.get("RAY_ADDRESS", "local"),
-        runtime_env={"py_modules": [str(SOURCE_ROOT / "hrm_platform")]},
-        log_to_driver=not args.json,
-    )
+    if "RAY_ADDRESS" in os.environ:  # inside `ray job submit`: the job's cluster
+        # py_modules ships this copy of the package to the Train controller and workers (merged with the
+        # job's working_dir), so the cluster needs no install of it.
+        ray.init(
+            address=os.environ["RAY_ADDRESS"],
+            runtime_env={"py_modules": [str(SOURCE_ROOT / "hrm_platform")]},
+            log_to_driver=not args.json,
+        )
+    # Run directly (no RAY_ADDRESS), run_training starts an embedded loopback cluster, as `hrm train` does.
     try:
         summary = run_training(config, quiet=args.json)
     except TrainingError as error:
