@@ -3,7 +3,7 @@
     python -m benchmarks.soak                                  # trains a smoke checkpoint first (~10 s)
     python -m benchmarks.soak --checkpoint runs/demo/best --requests 20000
 
-One run, on its own local Ray cluster (`ray.init(address="local")`), with the app as `hrm serve` deploys it
+One run, on its own loopback Ray cluster (`init_local_ray`), with the app as `hrm serve` deploys it
 (serve.* defaults, one replica, a free port on 127.0.0.1, a bearer token):
 1. warm-up (500 requests), then the replica's RSS;
 2. the soak: `--requests` at `--concurrency` from one asyncio client, bodies cycling through 512 distinct
@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--kill-requests", type=int, default=3_000, help="requests in flight around the kill")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="client timeout per request")
-    parser.add_argument("--fast-ingress", action="store_true", help="serve.fast_ingress=true (HAProxy)")
+    parser.add_argument("--python-proxy", action="store_true", help="serve.fast_ingress=false (default: HAProxy)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args()
 
@@ -70,13 +70,12 @@ def smoke_checkpoint(work_dir: Path) -> Path:
 
 
 def start_app(checkpoint: Path, fast_ingress: bool) -> tuple[str, dict[str, str]]:
-    import ray
-
+    from hrm_platform.local_ray import init_local_ray
     from hrm_platform.serving.app import start_server
 
     token = secrets.token_urlsafe(24)
     os.environ[TOKEN_ENV] = token  # start_server hands it to the replicas
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    init_local_ray(num_cpus=4, log_to_driver=False)
     config = ServeConfig(port=free_port(), auth_token_env=TOKEN_ENV, fast_ingress=fast_ingress)
     return start_server(checkpoint, config).rstrip("/"), {"Authorization": f"Bearer {token}"}
 
@@ -205,25 +204,23 @@ def _errors(status_counts: dict[str, int]) -> str:
 
 def main() -> int:
     import ray
-    from ray import serve
 
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="hrm-soak-") as work:
         checkpoint = args.checkpoint or smoke_checkpoint(Path(work))
-        url, headers = start_app(checkpoint, args.fast_ingress)
+        url, headers = start_app(checkpoint, fast_ingress=not args.python_proxy)
         try:
             payloads = make_payloads(bars_needed(checkpoint), n_distinct=512, seed=7)
             predict = url + "/v1/predict"
             result: dict[str, Any] = {
-                "ingress": "fast (HAProxy)" if args.fast_ingress else "default",
+                "ingress": "Python proxy" if args.python_proxy else "HAProxy (default)",
                 "checkpoint": str(checkpoint),
                 "cpu_count": os.cpu_count(),
                 "soak": soak(predict, headers, payloads, args),
                 "replica_kill": replica_kill(predict, headers, payloads, args),
             }
         finally:
-            serve.shutdown()
-            ray.shutdown()
+            ray.shutdown()  # Serve and HAProxy go with the cluster (serve.shutdown() alone waits ~30 s)
     result["verdicts"] = verdicts(result)
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)

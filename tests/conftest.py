@@ -70,7 +70,8 @@ def serve_app(ray_cluster, trained_checkpoint: Path):
 
     from ray import serve
 
-    from hrm_platform.serving.app import free_port, start_server
+    from hrm_platform.serving.app import start_server
+    from hrm_platform.serving.ingress import free_port
     from hrm_platform.serving.memory_guard import stop_memory_guard
 
     token = secrets.token_hex(16)

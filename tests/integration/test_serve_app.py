@@ -97,6 +97,43 @@ def test_prediction_equals_bare_engine_then_repeat_is_cached(client, engine, mar
     assert other_position["trade"] == pytest.approx(expected.target_position + 0.5, abs=1e-5)
 
 
+def test_a_lone_miss_is_computed_inline_and_concurrent_misses_share_engine_calls(serve_app, client, engine,
+                                                                                   market_bars):
+    """The two compute paths of a replica: alone, a miss skips the batch queue; a burst is batched. Every answer
+    equals the bare engine's either way."""
+    import asyncio
+
+    def engine_calls() -> dict[str, int]:
+        return health(client)["engine_calls"]
+
+    before = engine_calls()
+    alone = predict(client, market_bars[2], position=0.125).json()
+    after_alone = engine_calls()
+    assert alone["cached"] is False
+    assert after_alone["inline"] == before["inline"] + 1 and after_alone["batched"] == before["batched"]
+
+    positions = [0.01 * (i + 1) for i in range(32)]  # distinct cache keys: all misses
+
+    async def burst() -> list[dict]:
+        async with httpx.AsyncClient(base_url=serve_app.url, headers=serve_app.headers, timeout=60.0) as http:
+            responses = await asyncio.gather(*(
+                http.post("/v1/predict", json={"bars": market_bars[3].tolist(), "position": position})
+                for position in positions
+            ))
+        return [response.json() for response in responses]
+
+    answers = asyncio.run(burst())
+    after_burst = engine_calls()
+    assert all(answer["cached"] is False for answer in answers)
+    batched_rows = after_burst["batched_rows"] - after_alone["batched_rows"]
+    engine_calls_used = after_burst["inline"] - after_alone["inline"] + after_burst["batched"] - after_alone["batched"]
+    assert batched_rows > 1 and after_burst["largest_batch"] > 1, after_burst
+    assert engine_calls_used < len(positions), after_burst  # concurrent misses shared engine calls
+    expected = engine.predict_bars([market_bars[3]] * len(positions), [None] * len(positions), positions)
+    for answer, prediction in zip(answers, expected):
+        assert_same_decision(answer, prediction)
+
+
 def test_segment_budget_and_deadline(client, engine, market_bars):
     bars = market_bars[1]
     one_segment = predict(client, bars, max_segments=1).json()

@@ -3,11 +3,10 @@
 (Checkpoints are never unpickled: test_pickle_refusal.py.)
 
 Loopback: every TCP socket in LISTEN state that this test session's processes own is listed (the Ray
-cluster, Serve's proxies, HAProxy and the replicas are all descendants of the pytest process). The
-platform controls the HTTP-facing servers (Serve's ingress, its direct-ingress replica ports, its
-fallback proxy, HAProxy, the dashboard) and those must be on loopback. Ray's own gRPC servers (GCS,
-raylet, every worker's core-worker port, agents) bind the wildcard address in Ray 2.60 whatever
-`ray.init` is told (see the README's Reliability section); they are printed, not asserted.
+cluster, Serve's proxies, HAProxy and the replicas are all descendants of the pytest process), and none may
+listen beyond loopback: the embedded cluster runs in Ray's loopback mode (hrm_platform/local_ray.py), HAProxy's
+stats and Prometheus listeners are rebound by haproxy_bind.sh, and each replica binds its inter-deployment
+gRPC server to loopback (serving/ingress.py).
 """
 
 from __future__ import annotations
@@ -24,11 +23,6 @@ from tests.reliability.harness import ListeningSocket, listening_sockets, make_b
 
 pytestmark = pytest.mark.ray
 
-# Process titles of Ray's core servers, which bind the wildcard address in Ray 2.60 (not platform-controlled).
-RAY_CORE_PROCESSES = ("gcs_server", "raylet", "ray::", "default_worker.py", "agent.py", "dashboard.py",
-                      "runtime_env", "log_monitor.py", "monitor.py")
-
-
 def _is_http_facing(item: ListeningSocket, serve_port: int) -> bool:
     """Sockets that speak HTTP for the app: Serve's port, HAProxy, direct-ingress and fallback proxy ports."""
     from ray.serve._private import constants
@@ -44,7 +38,7 @@ def _is_http_facing(item: ListeningSocket, serve_port: int) -> bool:
     )
 
 
-def test_every_http_server_of_the_app_listens_on_loopback_only(app_under_test) -> None:
+def test_every_server_of_the_session_listens_on_loopback_only(app_under_test) -> None:
     serve_port = urlparse(app_under_test.url).port
     sockets = listening_sockets(os.getpid())
     for item in sockets:
@@ -53,8 +47,9 @@ def test_every_http_server_of_the_app_listens_on_loopback_only(app_under_test) -
     serve_sockets = [item for item in sockets if item.port == serve_port]
     assert serve_sockets, f"nothing of this session listens on the Serve port {serve_port}"
     http_facing = [item for item in sockets if _is_http_facing(item, serve_port)]
-    exposed = [f"{item.ip}:{item.port} ({item.process})" for item in http_facing if not item.loopback]
-    assert not exposed, f"HTTP servers of the app listening beyond loopback: {exposed}"
+    assert any("haproxy" in item.process for item in http_facing), "the default ingress is HAProxy"
+    exposed = [f"{item.ip}:{item.port} ({item.process})" for item in sockets if not item.loopback]
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 def test_serve_config_binds_loopback_by_default() -> None:

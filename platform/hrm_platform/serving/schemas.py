@@ -126,6 +126,9 @@ class HealthResponse(_Strict):
     replica: str
     memory: dict[str, Any]
     cache: dict[str, float]
+    engine_calls: dict[str, int] = Field(
+        default_factory=dict, description="inline (a lone miss), batched (calls, rows, largest) since start"
+    )
     reload_error: str | None = Field(None, description="why the last checkpoint reload failed (old model kept)")
 
 
