@@ -165,6 +165,12 @@ class ServeConfig(_Strict):
         description="Ray's HAProxy ingress + throughput-optimised data plane (p50 ~3 ms instead of ~14 ms here); "
         "false = Serve's Python proxy. Read when Serve starts on a cluster (serving/ingress.py)",
     )
+    ingress_metrics: bool = Field(
+        False,
+        description="with fast_ingress: Serve's per-request HTTP metrics from HAProxy (serve_num_http_requests, "
+        "serve_http_request_latency_ms). Each request then also passes through a Python log collector; off, "
+        "c=32 throughput was 1.2-1.9x higher here. The replicas' hrm_* metrics are exported either way",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:

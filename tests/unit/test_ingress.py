@@ -100,6 +100,8 @@ def test_fast_ingress_env_runs_haproxy_through_the_wrapper(monkeypatch) -> None:
     # in-flight requests of a dead replica are replayed, never a replica's own 503 (memory guard shedding)
     assert set(env["RAY_SERVE_HAPROXY_RETRY_ON"].split()) == {"conn-failure", "empty-response", "junk-response"}
     assert int(env["RAY_SERVE_HAPROXY_RETRIES"]) > 3  # outlasts the 3 errors that mark a dead replica down
+    assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+    assert ingress_env(ServeConfig(ingress_metrics=True))["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"
     ports = [int(env[name]) for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")]
     assert not set(ports) & {8404, 9101}
 
