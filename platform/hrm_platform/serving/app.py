@@ -2,16 +2,16 @@
 
     url = start_server(Path("runs/smoke/epoch_0002"), ServeConfig(port=8123))   # embedded local Ray; tests, demo
     hrm serve --checkpoint runs/smoke/epoch_0002                                  # serve_forever: blocks, prints URL
-    serve run deployments/serve_config.yaml                                 # Serve's own CLI, same builder
+    eval "$(hrm serve-env)"; serve run deployments/serve_config.yaml        # Serve's own CLI, same builder
 
 Request path in a replica: FastAPI + pydantic parse the body (serving/http.py, schemas.py) -> `check_bars`
 (count, values) -> cache lookup keyed on (model_version, bars, position, budget) -> a miss alone in the replica
 is computed at once; concurrent misses go through `@serve.batch`, which gathers them into one engine call on a
-single inference thread -> response. The engine, the cache and
-the memory guard are the replica's; the checkpoint comes from `user_config`, so a `serve deploy` that changes
-only `user_config.checkpoint` calls `reconfigure()` on the running replica: the new engine is built beside
-the old one, then swapped in with one assignment. Requests in flight finish on the model they started with,
-and the cache key carries the model version, so nothing the old model computed is served after the swap.
+single inference thread -> response. The engine, the cache and the memory guard are the replica's; the
+checkpoint comes from `user_config`, so a `serve deploy` that changes only `user_config.checkpoint` calls
+`reconfigure()` on the running replica: the new engine is built beside the old one, then swapped in with one
+assignment. Requests in flight finish on the model they started with, and the cache key carries the model
+version, so nothing the old model computed is served after the swap.
 
 Why one deployment rather than an ingress in front of a model deployment: on this machine a Serve handle
 call between two deployments cost ~4 ms at p50, two to three times the model itself, in every ingress
