@@ -82,12 +82,17 @@ class Attention(nn.Module):
         return self.out(attended)
 
 
+def swiglu_hidden_dim(d_model: int, ff_mult: float) -> int:
+    """The feed-forward width: ff_mult * d_model rounded to a multiple of 8 (at least 8)."""
+    return max(8, int(round(ff_mult * d_model / 8)) * 8)
+
+
 class SwiGLU(nn.Module):
-    """Gated feed-forward: down(silu(gate(x)) * up(x)), hidden width = ff_mult * d_model (rounded to 8)."""
+    """Gated feed-forward: down(silu(gate(x)) * up(x)), hidden width `swiglu_hidden_dim(d_model, ff_mult)`."""
 
     def __init__(self, d_model: int, ff_mult: float) -> None:
         super().__init__()
-        hidden_dim = max(8, int(round(ff_mult * d_model / 8)) * 8)
+        hidden_dim = swiglu_hidden_dim(d_model, ff_mult)
         self.hidden_dim = hidden_dim
         self.gate_up = nn.Linear(d_model, 2 * hidden_dim, bias=False)
         self.down = nn.Linear(hidden_dim, d_model, bias=False)
