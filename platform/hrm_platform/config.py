@@ -120,11 +120,26 @@ class TrainConfig(_Strict):
     max_failures: int = Field(2, ge=0)
     max_train_batches: int | None = Field(None, ge=1, description="cap batches per epoch (smoke runs)")
     seed: int = 0
+    compile: bool = Field(
+        False,
+        description="torch.compile the segment's forward and backward for training (Inductor fuses the norms, "
+        "rotary and activations); the first batch pays the compile, CPU and CUDA alike",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
+        "default",
+        description="torch.compile mode with train.compile; reduce-overhead also replays the compiled forward and "
+        "backward from CUDA graphs (fewer host launches per segment; CUDA only)",
+    )
+    peak_tflops: float | None = Field(
+        None, gt=0, description="the device's dense bf16 peak for MFU; None = the published figure of a known GPU"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.precision == "fp16" and not self.use_gpu:
             raise ValueError("train.precision='fp16' needs train.use_gpu=true; use 'bf16' on CPU")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"train.compile_mode={self.compile_mode!r} needs train.compile=true")
         return self
 
 
@@ -134,8 +149,14 @@ class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     engine_variant: Literal[
-        "auto", "eager", "jit", "int8", "jit_int8", "compiled", "compiled_int8", "fp16", "bf16"
+        "auto", "eager", "jit", "int8", "jit_int8", "compiled", "compiled_int8", "fp16", "bf16", "cuda_graph",
+        "cuda_graph_compiled",
     ] = Field("auto", description="auto = what `hrm export` chose (serving/variants.py lists them)")
+    cuda_graph_buckets: tuple[int, ...] = Field(
+        (1, 8, 32, 128, 512),
+        description="batch sizes the cuda_graph variants capture; a batch is padded to the next one, and one "
+        "larger than the last runs in chunks of the last",
+    )
     torch_threads: int = Field(1, ge=1)
     num_replicas: int | Literal["auto"] = Field(1, description="'auto' enables autoscaling")
     min_replicas: int = Field(1, ge=0)
@@ -174,6 +195,11 @@ class ServeConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
+        buckets = self.cuda_graph_buckets
+        if not buckets or any(size < 1 for size in buckets) or list(buckets) != sorted(set(buckets)):
+            raise ValueError(
+                f"serve.cuda_graph_buckets={list(buckets)} must be distinct batch sizes >= 1 in increasing order"
+            )
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"serve.min_replicas={self.min_replicas} exceeds serve.max_replicas={self.max_replicas}"

@@ -84,6 +84,8 @@ def test_override_into_a_value_is_rejected() -> None:
             "model.share_parameters needs model.h_layers == model.l_layers (got 2, 3)",
         ),
         (["train.precision=fp16"], "train.precision='fp16' needs train.use_gpu=true"),
+        (["train.compile_mode=reduce-overhead"], "train.compile_mode='reduce-overhead' needs train.compile=true"),
+        (["serve.cuda_graph_buckets=[8, 1]"], "serve.cuda_graph_buckets=[8, 1] must be distinct batch sizes"),
         (["serve.min_replicas=3", "serve.max_replicas=2"], "serve.min_replicas=3 exceeds serve.max_replicas=2"),
     ],
 )

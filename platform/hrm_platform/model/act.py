@@ -117,7 +117,7 @@ def deep_supervision_step(
     segments_used = torch.full((batch_size,), max_segments, dtype=torch.int64, device=device)
     min_segments = exploration_min_segments(batch_size, max_segments, halt_exploration, device)
     pending: PendingContinue | None = None  # the previous segment's q_continue, waiting for its target
-    metrics = SegmentStepMetrics()
+    recorder = _StepRecorder()
     for segment_number in range(1, max_segments + 1):
         active = ~halted  # (B,) samples that still train at this segment
         with _autocast(device, autocast_dtype):
@@ -133,14 +133,14 @@ def deep_supervision_step(
 
         halt_now = halting_decision(outputs, segment_number, max_segments, min_segments)
         segments_used = torch.where(active & halt_now, segment_number, segments_used)
-        _record(metrics, outputs, actions, loss, active, grad_norm)
+        recorder.add(outputs, actions, loss, active, grad_norm)
         # Every sample trained at k gets its q_continue target at k+1 (halted ones too: the batch still runs them).
         pending = PendingContinue(outputs.summary, active)
         halted = halted | halt_now
+        # The one host sync per segment: whether to run another one.
         if not is_last and all_ranks_halted(bool(halted.all())):
             break
-    metrics.segments_used = float(segments_used.float().mean())
-    return metrics
+    return recorder.finish(segments_used)
 
 
 @dataclass
@@ -197,18 +197,19 @@ def _backward_and_step(
     scaler: torch.amp.GradScaler | None,
     grad_clip: float | None,
     before_optimizer_step: Callable[[], None] | None,
-) -> float:
-    """Backward, optional unscale + clip, hook, step. Returns the gradient norm (nan when not clipped)."""
+) -> Tensor | None:
+    """Backward, optional unscale + clip, hook, step. Returns the gradient norm as a 0-dim tensor on the
+    device (None when not clipped): reading it would stall the host until the GPU catches up."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
     else:
         loss.backward()
-    grad_norm = float("nan")
+    grad_norm = None
     if grad_clip is not None:
         if scaler is not None:
             scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     if before_optimizer_step is not None:
         before_optimizer_step()
     if scaler is not None:
@@ -219,17 +220,35 @@ def _backward_and_step(
     return grad_norm
 
 
-def _record(
-    metrics: SegmentStepMetrics, outputs: HRMOutputs, actions: Tensor, loss: Tensor, active: Tensor, grad_norm: float
-) -> None:
-    with torch.no_grad():
-        correct = outputs.action_logits.argmax(dim=-1) == actions  # (B,)
-        says_right = outputs.q_halt > 0  # the Q head's guess that the action is right
-        metrics.loss.append(float(loss.detach()))
-        metrics.accuracy.append(float(correct.float().mean()))
-        metrics.active_fraction.append(float(active.float().mean()))
-        metrics.q_halt_accuracy.append(float((says_right == correct).float().mean()))
-        metrics.grad_norm.append(grad_norm)
+class _StepRecorder:
+    """Per-segment metrics kept on the device as 0-dim tensors and read back once per step (`finish`), so
+    recording adds no host sync to the segment loop (five per segment before: a GPU stall each)."""
+
+    def __init__(self) -> None:
+        self.rows: list[Tensor] = []  # one (5,) float32 row per segment
+
+    def add(self, outputs: HRMOutputs, actions: Tensor, loss: Tensor, active: Tensor, grad_norm: Tensor | None) -> None:
+        with torch.no_grad():
+            correct = (outputs.action_logits.argmax(dim=-1) == actions).float()  # (B,)
+            says_right = (outputs.q_halt > 0).float()  # the Q head's guess that the action is right
+            norm = grad_norm if grad_norm is not None else torch.tensor(float("nan"), device=loss.device)
+            row = (loss.detach(), correct.mean(), active.float().mean(), (says_right == correct).float().mean(), norm)
+            self.rows.append(torch.stack([value.float() for value in row]))
+
+    def finish(self, segments_used: Tensor) -> SegmentStepMetrics:
+        """One device-to-host copy: every segment's row and the batch's mean halting segment."""
+        table = torch.stack(self.rows)  # (S, 5)
+        flat = torch.cat((table.flatten(), segments_used.float().mean()[None])).tolist()
+        columns = [flat[i : 5 * len(self.rows) : 5] for i in range(5)]
+        loss, accuracy, active_fraction, q_halt_accuracy, grad_norm = columns
+        return SegmentStepMetrics(
+            loss=loss,
+            accuracy=accuracy,
+            segments_used=flat[-1],
+            active_fraction=active_fraction,
+            q_halt_accuracy=q_halt_accuracy,
+            grad_norm=grad_norm,
+        )
 
 
 def _autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -257,7 +276,7 @@ def act_inference(
     """
     batch_size = x.shape[0]
     device = x.device
-    limits = _segment_limits(budgets, batch_size, max_segments, device)  # (B,)
+    limits = segment_limits(budgets, batch_size, max_segments, device)  # (B,)
     probabilities = torch.zeros(batch_size, 3, device=device)
     quantity = torch.zeros(batch_size, device=device)
     q_halt = torch.zeros(batch_size, device=device)
@@ -282,7 +301,8 @@ def act_inference(
     return ActResult(probabilities, quantity, confidence, segments_used, q_halt)
 
 
-def _segment_limits(budgets: Tensor | None, batch_size: int, max_segments: int, device: torch.device) -> Tensor:
+def segment_limits(budgets: Tensor | None, batch_size: int, max_segments: int, device: torch.device) -> Tensor:
+    """(B,) int64 per-sample segment limits on `device`: budgets clamped to 1..max_segments (None = all max)."""
     if budgets is None:
         return torch.full((batch_size,), max_segments, dtype=torch.int64, device=device)
     if budgets.shape != (batch_size,):

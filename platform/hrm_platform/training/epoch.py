@@ -30,8 +30,11 @@ from hrm_platform.config import PlatformConfig, TrainConfig
 from hrm_platform.data.dataset import WindowDataset
 from hrm_platform.data.features import FeatureSpec
 from hrm_platform.model.act import SegmentStepMetrics, deep_supervision_step, predict
+from hrm_platform.model.flops import training_flops_per_sample_segment
 from hrm_platform.model.hrm import HRM, unwrap_model
 from hrm_platform.training.checkpoint import CheckpointError, LoadedCheckpoint, save_checkpoint
+from hrm_platform.training.prefetch import on_device
+from hrm_platform.training.throughput import throughput_figures
 
 MIN_LR_FACTOR = 0.1  # the cosine schedule decays to 10% of train.lr
 VALIDATION_BATCH_FACTOR = 4  # validation runs without gradients: larger batches fit
@@ -64,6 +67,11 @@ class Collective:
     def max(self, values: Tensor) -> Tensor:
         return self._reduce(values, dist.ReduceOp.MAX)
 
+    @property
+    def backend(self) -> str:
+        """The process group's backend (nccl, gloo), or 'none' in one process."""
+        return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+
     def all_true(self, flag: bool) -> bool:
         """True when `flag` is True on every rank (deep supervision's early stop)."""
         if self.world_size == 1:
@@ -95,6 +103,7 @@ class TrainingRun:
     """What one training run advances; `epoch` counts completed epochs, `step` completed batches."""
 
     model: nn.Module  # the HRM, or its DDP wrapper
+    step_model: nn.Module  # what deep supervision calls per segment: `model`, or torch.compile of it
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
@@ -117,14 +126,26 @@ def build_model(config: PlatformConfig, n_features: int) -> HRM:
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on weight matrices only (not on biases, norm gains or the summary token)."""
+    """AdamW; weight decay on weight matrices only (not on biases, norm gains or the summary token).
+
+    On CUDA the fused implementation: one kernel per step instead of a dozen per parameter group, which
+    matters here because deep supervision steps the optimizer once per segment.
+    """
     decayed, plain = [], []
     for name, parameter in unwrap_model(model).named_parameters():
         if parameter.requires_grad:
             is_matrix = parameter.ndim >= 2 and "summary_token" not in name
             (decayed if is_matrix else plain).append(parameter)
     groups = [{"params": decayed, "weight_decay": train.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr)
+    on_cuda = all(parameter.is_cuda for parameter in decayed + plain)
+    return torch.optim.AdamW(groups, lr=train.lr, fused=on_cuda or None)
+
+
+def compiled_for_training(model: nn.Module, train: TrainConfig) -> nn.Module:
+    """The module deep supervision calls per segment: with train.compile, torch.compile of it (Inductor fuses
+    the segment's forward and its backward; it shares the parameters, so the optimizer, DDP and checkpoints
+    see the same weights); else the module itself. Validation and serving keep the eager HRM."""
+    return torch.compile(model, mode=train.compile_mode) if train.compile else model
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -156,6 +177,7 @@ def new_training_run(model: nn.Module, config: PlatformConfig, device: torch.dev
     autocast_dtype, scaler = precision_settings(config.train, device)
     return TrainingRun(
         model=model,
+        step_model=compiled_for_training(model, config.train),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, config.train, steps_per_epoch),
         scaler=scaler,
@@ -211,6 +233,7 @@ class _EpochTotals:
     segments_run: float = 0.0
     batches: float = 0.0
     samples: float = 0.0
+    sample_segments: float = 0.0  # sum over batches of batch size x segments run (what the FLOPs scale with)
 
     def __post_init__(self) -> None:
         self.loss, self.active, self.accuracy, self.batches_at_segment = np.zeros((4, self.max_segments))
@@ -226,15 +249,19 @@ class _EpochTotals:
         self.segments_run += run
         self.batches += 1
         self.samples += batch_size
+        self.sample_segments += batch_size * run
 
     def as_tensor(self) -> Tensor:
-        scalars = [self.final_accuracy, self.segments_used, self.segments_run, self.batches, self.samples]
+        scalars = [
+            self.final_accuracy, self.segments_used, self.segments_run, self.batches, self.samples,
+            self.sample_segments,
+        ]
         vectors = [self.loss, self.active, self.accuracy, self.batches_at_segment]
         return torch.tensor(np.concatenate([*vectors, scalars]), dtype=torch.float64)
 
     @staticmethod
     def split(summed: np.ndarray, max_segments: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """Inverse of as_tensor on a reduced array: the four (M,) vectors and the five scalars."""
+        """Inverse of as_tensor on a reduced array: the four (M,) vectors and the six scalars."""
         vectors = [summed[i * max_segments : (i + 1) * max_segments] for i in range(4)]
         return vectors, summed[4 * max_segments :]
 
@@ -255,10 +282,13 @@ def train_epoch(
     totals = _EpochTotals(config.model.max_segments)
     run.model.train()
     started = time.perf_counter()
-    for windows, actions, quantities in iterate_batches(dataset, positions, train.batch_size, n_batches):
-        windows, actions, quantities = (t.to(run.device, non_blocking=True) for t in (windows, actions, quantities))
+    batches = iterate_batches(dataset, positions, train.batch_size, n_batches)
+    graph_steps = train.compile and train.compile_mode == "reduce-overhead"
+    for windows, actions, quantities in on_device(batches, run.device):
+        if graph_steps:  # a new batch: the previous batch's graph outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
         step_metrics = deep_supervision_step(
-            run.model, windows, actions, quantities, run.optimizer,
+            run.step_model, windows, actions, quantities, run.optimizer,
             max_segments=config.model.max_segments,
             halt_exploration=config.model.halt_exploration,
             quantity_loss_weight=train.quantity_loss_weight,
@@ -276,7 +306,7 @@ def train_epoch(
         totals.add(step_metrics, windows.shape[0])
     elapsed = time.perf_counter() - started
     run.epoch = epoch
-    return _reduce_epoch_metrics(run, totals, elapsed, collective)
+    return _reduce_epoch_metrics(run, totals, elapsed, collective, train.peak_tflops)
 
 
 def _stop_on_non_finite_loss(losses: list[float], epoch: int, step: int, collective: Collective) -> None:
@@ -292,11 +322,16 @@ def _stop_on_non_finite_loss(losses: list[float], epoch: int, step: int, collect
     )
 
 
-def _reduce_epoch_metrics(run: TrainingRun, totals: _EpochTotals, elapsed: float, collective: Collective) -> dict[str, Any]:
+def _reduce_epoch_metrics(
+    run: TrainingRun, totals: _EpochTotals, elapsed: float, collective: Collective, peak_tflops: float | None
+) -> dict[str, Any]:
     summed = collective.sum(totals.as_tensor()).numpy()
     (loss, active, accuracy, counts), scalars = _EpochTotals.split(summed, totals.max_segments)
-    final_accuracy, segments_used, segments_run, batches, samples = scalars
+    final_accuracy, segments_used, segments_run, batches, samples, sample_segments = scalars
     slowest_s, peak_mb = collective.max(torch.tensor([elapsed, peak_memory_mb(run.device)], dtype=torch.float64)).tolist()
+    hrm = run.hrm
+    flops = sample_segments * training_flops_per_sample_segment(hrm.config, hrm.window, hrm.n_features)
+    speed = throughput_figures(flops, slowest_s, run.device, collective.world_size, peak_tflops)
     return {
         "epoch": run.epoch,
         "step": run.step,
@@ -310,8 +345,12 @@ def _reduce_epoch_metrics(run: TrainingRun, totals: _EpochTotals, elapsed: float
         "samples": int(samples),
         "epoch_time_s": slowest_s,
         "samples_per_s": float(samples / slowest_s) if slowest_s > 0 else None,
+        "model_flops_per_sample": float(flops / samples) if samples else None,  # at the segments run (model/flops.py)
+        "achieved_tflops": speed["achieved_tflops"],  # all ranks together
+        "mfu": speed["mfu"],  # against the dense bf16 peak of every device; None on CPU
         "peak_memory_mb": peak_mb,
         "world_size": collective.world_size,
+        "distributed_backend": collective.backend,
     }
 
 
@@ -496,6 +535,16 @@ def format_progress(metrics: dict[str, Any], total_epochs: int, seconds_per_epoc
         f"val_acc {validation:.3f}" if validation is not None and math.isfinite(validation) else "val_acc -",
         f"segments {metrics['train_mean_segments']:.2f}",
         f"{metrics['samples_per_s']:.0f} samples/s",
+        _compute_rate(metrics),
         f"ETA {int(remaining_s // 60)}:{int(remaining_s % 60):02d}",
     ]
-    return "  ".join(parts)
+    return "  ".join(part for part in parts if part)
+
+
+def _compute_rate(metrics: dict[str, Any]) -> str:
+    """'2.31 TFLOP/s' (model FLOPs), with the MFU on a GPU of known peak."""
+    achieved = metrics.get("achieved_tflops")
+    if achieved is None:
+        return ""
+    mfu = metrics.get("mfu")
+    return f"{achieved:.2f} TFLOP/s" + (f" (MFU {mfu:.1%})" if mfu is not None else "")
