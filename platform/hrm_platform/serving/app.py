@@ -99,7 +99,12 @@ class ServedModel:
 
 def load_served_model(checkpoint: Path, serve_config: ServeConfig) -> ServedModel:
     variant = None if serve_config.engine_variant == "auto" else serve_config.engine_variant
-    engine = InferenceEngine.from_checkpoint(checkpoint, variant=variant, torch_threads=serve_config.torch_threads)
+    engine = InferenceEngine.from_checkpoint(
+        checkpoint,
+        variant=variant,
+        torch_threads=serve_config.torch_threads,
+        graph_buckets=serve_config.cuda_graph_buckets,
+    )
     manifest = json.loads((Path(checkpoint) / "manifest.json").read_text())  # verified by from_checkpoint
     summary = ModelSummary(
         model_version=engine.model_version,

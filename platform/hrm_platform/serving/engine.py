@@ -6,7 +6,8 @@
 
 No Ray here: Serve replicas, benchmarks and tests use the same object. Requests carry raw bars; the engine
 builds the model's window with the checkpoint's `FeatureSpec` (the code and statistics training used), runs
-`act_inference` with the variant's segment function, and each sample stops at its own ACT halting decision
+`act_inference` with the variant's segment function (the cuda_graph variants: their captured ACT loop,
+`serving/cuda_graph.py`), and each sample stops at its own ACT halting decision
 or at its budget: `max_segments`, or a deadline turned into segments from the per-segment time the engine
 measured when it loaded (`segment_ms`, `fixed_ms`).
 
@@ -34,8 +35,10 @@ from hrm_platform.data.dataset import ACTIONS
 from hrm_platform.data.features import FeatureSpec, window_from_bars
 from hrm_platform.model.act import ActResult, act_inference
 from hrm_platform.model.hrm import HRM
+from hrm_platform.config import ServeConfig
 from hrm_platform.serving.variants import (
     VariantError,
+    build_act_runner,
     engine_model,
     load_segment,
     variant_info,
@@ -47,7 +50,9 @@ logger = logging.getLogger(__name__)
 SERVING_DIR = "serving"
 SERVING_MANIFEST = "serving_manifest.json"
 SERVING_FORMAT_VERSION = 1
+MIN_SEGMENT_MS = 1e-3  # floor of a measured segment time (noise can make a difference of medians negative)
 _DIRECTION = {"hold": 0.0, "buy": 1.0, "sell": -1.0}  # sign of the target position per action
+DEFAULT_GRAPH_BUCKETS: tuple[int, ...] = ServeConfig.model_fields["cuda_graph_buckets"].default
 
 
 class EngineError(RuntimeError):
@@ -88,6 +93,7 @@ class InferenceEngine:
     feature_spec: FeatureSpec
     checkpoint_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    act_runner: Any = None  # graph variants: (windows, budgets, use_halting) -> ActResult, replaces act_inference
     latency: LatencyModel | None = None
     load_seconds: float = 0.0
 
@@ -100,12 +106,14 @@ class InferenceEngine:
         variant: str | None = None,
         torch_threads: int = 1,
         device: str | torch.device | None = None,
+        graph_buckets: tuple[int, ...] = DEFAULT_GRAPH_BUCKETS,
     ) -> InferenceEngine:
         """Verify and load a checkpoint and the variant export produced for it.
 
         variant None: what `hrm export` chose (eager when never exported, or when the export belongs to
         another model version or torch build: logged). A named variant that cannot load raises EngineError.
         `torch_threads` sets torch's intra-op threads for this process (a replica owns its process).
+        `graph_buckets`: the batch sizes a cuda_graph variant captures (serve.cuda_graph_buckets).
         """
         started = time.perf_counter()
         torch.set_num_threads(torch_threads)
@@ -118,14 +126,16 @@ class InferenceEngine:
             serving = read_serving_manifest(checkpoint_dir, loaded.model_version)
             name = variant if variant is not None else _exported_choice(serving, checkpoint_dir)
             target = torch.device(device) if device is not None else _default_device(name)
-            engine = cls._build(hrm, loaded.model_version, loaded.feature_spec, checkpoint_dir, name, target, serving)
+            engine = cls._build(
+                hrm, loaded.model_version, loaded.feature_spec, checkpoint_dir, name, target, serving, graph_buckets
+            )
         except (VariantError, EngineError) as error:
             if variant is not None:
                 raise EngineError(f"checkpoint {checkpoint_dir}: engine variant {variant!r}: {error}") from error
             # The checkpoint itself verified: serve it plainly rather than not at all.
             logger.warning("the exported engine does not load here (%s); serving eager fp32", error)
             engine = cls._build(
-                hrm, loaded.model_version, loaded.feature_spec, checkpoint_dir, "eager", torch.device("cpu"), None
+                hrm, loaded.model_version, loaded.feature_spec, checkpoint_dir, "eager", torch.device("cpu"), None, ()
             )
         engine.warm_up()
         engine.load_seconds = time.perf_counter() - started
@@ -141,6 +151,7 @@ class InferenceEngine:
         variant: str,
         device: torch.device,
         serving: dict[str, Any] | None,
+        graph_buckets: tuple[int, ...],
     ) -> InferenceEngine:
         info = variant_info(variant)
         serving_dir = None
@@ -149,7 +160,8 @@ class InferenceEngine:
         model = engine_model(hrm, variant, device)
         example = example_segment_inputs(model, batch_size=2)
         segment_fn = load_segment(model, variant, serving_dir, example)
-        return cls(model, segment_fn, variant, model_version, feature_spec, checkpoint_dir, device)
+        runner = build_act_runner(model, variant, segment_fn, graph_buckets)
+        return cls(model, segment_fn, variant, model_version, feature_spec, checkpoint_dir, device, runner)
 
     # ------------------------------------------------------------------------------------------ properties
 
@@ -170,6 +182,8 @@ class InferenceEngine:
     def run(self, windows: Tensor, budgets: Tensor | None = None, use_halting: bool = True) -> ActResult:
         """windows (B, W, F) normalised -> ActResult; budgets (B,) int64 segments (None = max_segments)."""
         windows = windows.to(self.device, self.model.z_H_init.dtype)
+        if self.act_runner is not None:
+            return self.act_runner(windows, budgets, use_halting)
         with torch.no_grad():
             x = self.model.embed(windows)  # (B, W+1, D)
             carry = self.model.initial_carry(windows.shape[0], self.device)
@@ -217,17 +231,31 @@ class InferenceEngine:
 
     def warm_up(self, repeats: int = 7) -> LatencyModel:
         """Run the request path (first calls of traced/compiled code are slow) and measure segment_ms and
-        fixed_ms at batch 1 for `segments_for_deadline`."""
+        fixed_ms at batch 1 for `segments_for_deadline`. Every timing waits for the device to finish."""
         bars = synthetic_bars(self.bars_needed)
-        example = example_segment_inputs(self.model, batch_size=1)
         for _ in range(3):
             self.predict_bars([bars], [self.max_segments])
-            with torch.no_grad():
-                self.segment_fn(*example)
-        segment_ms = _median_ms(lambda: self.segment_fn(*example), repeats)
-        one_segment_ms = _median_ms(lambda: self.predict_bars([bars], [1]), repeats)
+        segment_ms = self._segment_ms(bars, repeats)
+        one_segment_ms = _median_ms(lambda: self.predict_bars([bars], [1]), repeats, self.device)
         self.latency = LatencyModel(segment_ms=segment_ms, fixed_ms=max(0.0, one_segment_ms - segment_ms))
         return self.latency
+
+    def _segment_ms(self, bars: np.ndarray, repeats: int) -> float:
+        """One more segment at batch 1: the segment function alone, or, for a captured ACT loop, the
+        difference between M and 1 segments (a replay per segment) spread over M - 1."""
+        if self.act_runner is None:
+            example = example_segment_inputs(self.model, batch_size=1)
+            return _median_ms(lambda: self.segment_fn(*example), repeats, self.device)
+        window = torch.as_tensor(self._window(bars, 0))[None]  # (1, W, F)
+
+        def run_ms(segments: int) -> float:
+            budget = torch.tensor([segments])
+            return _median_ms(lambda: self.run(window, budget, use_halting=False), repeats, self.device)
+
+        one = run_ms(1)
+        if self.max_segments == 1:
+            return one
+        return max(run_ms(self.max_segments) - one, MIN_SEGMENT_MS) / (self.max_segments - 1)
 
     # ------------------------------------------------------------------------------------------- helpers
 
@@ -359,14 +387,24 @@ def synthetic_bars(n_bars: int, seed: int = 0) -> np.ndarray:
     return np.stack([open_, high, low, close, volume], axis=1)
 
 
-def _median_ms(call: Any, repeats: int) -> float:
+def _median_ms(call: Any, repeats: int, device: torch.device) -> float:
+    """Median wall ms of call(), each timed from an idle device to the end of the device's work (a CUDA
+    call returns when its kernels are queued, not done)."""
     timings = []
     with torch.no_grad():
         for _ in range(repeats):
+            synchronize(device)
             started = time.perf_counter()
             call()
+            synchronize(device)
             timings.append((time.perf_counter() - started) * 1e3)
     return statistics.median(timings)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -48,8 +48,10 @@ from hrm_platform.serving.engine import (
     InferenceEngine,
     example_segment_inputs,
     serving_dir,
+    synchronize,
 )
 from hrm_platform.serving.variants import (
+    build_act_runner,
     build_segment,
     engine_model,
     load_segment,
@@ -65,7 +67,9 @@ FAST_VARIANTS = ("eager", "int8", "jit_int8")
 # Not tried unless named: torch.compile of the int8 segment has graph breaks around the quantized ops, ran no
 # faster than eager int8 here, and a replica must compile it again at start (~18 s even from the saved compile
 # cache, over the 15 s budget), so it is never servable on this CPU.
-EXPLICIT_ONLY_VARIANTS = ("compiled_int8",)
+# cuda_graph_compiled likewise compiles Inductor kernels for every batch bucket when a replica starts, far over
+# the ready budget with a cold compile cache: `hrm export --variants cuda_graph_compiled` measures it on request.
+EXPLICIT_ONLY_VARIANTS = ("compiled_int8", "cuda_graph_compiled")
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,10 @@ def _build_engine(hrm: HRM, loaded: LoadedCheckpoint, name: str, staging: Path) 
     segment_fn = build_segment(model, name, example, staging)
     if name in ("jit", "jit_int8"):
         segment_fn = load_segment(model, name, staging, example)  # measure what a replica loads
-    return InferenceEngine(model, segment_fn, name, loaded.model_version, loaded.feature_spec, loaded.directory, device)
+    runner = build_act_runner(model, name, segment_fn, loaded.config.serve.cuda_graph_buckets)
+    return InferenceEngine(
+        model, segment_fn, name, loaded.model_version, loaded.feature_spec, loaded.directory, device, runner
+    )
 
 
 def _move_into_place(staging: Path, target: Path) -> Path:
@@ -313,11 +320,23 @@ def round_robin_medians(engines: dict[str, InferenceEngine], windows: Tensor, re
     timings: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
+            synchronize(engines[name].device)
             started = time.perf_counter()
             call()
-            _synchronize(engines[name].device)
+            synchronize(engines[name].device)
             timings[name].append((time.perf_counter() - started) * 1e3)
     return {name: float(np.median(values)) for name, values in timings.items()}
+
+
+def compare_engines(
+    engines: dict[str, InferenceEngine], windows: Tensor, settings: ExportSettings, batch_size: int
+) -> list[VariantFigures]:
+    """Latency (batch 1 and 32) and agreement with engines["eager"] of engines built elsewhere (the GPU
+    check builds its fp32 reference on the GPU): export's measurements without building or writing."""
+    figures = [VariantFigures(name, variant_info(name).description) for name in engines]
+    _measure_latency(engines, figures, windows, settings)
+    _check_agreement(engines, figures, windows, settings, batch_size)
+    return figures
 
 
 def _check_agreement(
@@ -480,11 +499,6 @@ def _summary_row(entry: VariantFigures) -> tuple[str, ...]:
         number(entry.max_probability_diff, ".4f"),
         number(entry.ready_s, ".1f"),
     )
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _first_line(error: BaseException) -> str:

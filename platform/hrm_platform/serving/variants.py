@@ -10,10 +10,15 @@
 | compiled_int8 | `torch.compile` of the int8 segment                   | export        | its compile cache,    |
 |               |                                                       |               | then compiles again   |
 | fp16, bf16    | `HRM.segment` of a half-precision copy, CUDA only     | replica       | -                     |
+| cuda_graph    | the bf16 ACT loop replayed from CUDA graphs, one pair | replica (~1 s)| -                     |
+|               | per batch bucket (serving/cuda_graph.py), CUDA only   |               |                       |
+| cuda_graph_   | the same with the segment torch.compile'd first       | replica       | - (compiles at start; |
+|   compiled    | (Inductor fuses the norms, rotary and activations)    | (compiles)    | Inductor's disk cache)|
 
 Only the embedding and the initial carry stay in the engine's own HRM (`HRM.embed`, `HRM.initial_carry`);
 every variant is a function `(z_H, z_L, x) -> (z_H, z_L, action_logits, quantity, q_halt, q_continue)` that
-`act_inference` runs in its ACT loop. Artefacts are loaded only from a serving directory whose manifest
+`act_inference` runs in its ACT loop; the cuda_graph variants run that function inside their captured ACT
+loop instead (`build_act_runner`). Artefacts are loaded only from a serving directory whose manifest
 sha256 has been verified (see `serving/export.py`): `torch.jit.load` and AOTInductor packages run code.
 
 torch 2.13 marks `torch.jit` and `torch.ao.quantization` deprecated; their warnings are silenced here, at
@@ -33,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from hrm_platform.model.hrm import HRM
+from hrm_platform.serving.cuda_graph import CudaGraphAct
 
 SegmentFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]
 
@@ -44,6 +50,7 @@ class VariantInfo:
     device: str  # "cpu", "cuda" or "any" (the engine's device)
     dtype: torch.dtype  # of the engine's HRM copy (embedding, carry)
     artefacts: tuple[str, ...] = ()  # files under <checkpoint>/serving/ that export writes and a replica loads
+    graph_captured: bool = False  # the ACT loop runs from CUDA graphs (serving/cuda_graph.py)
 
 
 VARIANTS: dict[str, VariantInfo] = {
@@ -67,6 +74,16 @@ VARIANTS: dict[str, VariantInfo] = {
         ),
         VariantInfo("fp16", "HRM.segment of an fp16 copy", "cuda", torch.float16),
         VariantInfo("bf16", "HRM.segment of a bf16 copy", "cuda", torch.bfloat16),
+        VariantInfo(
+            "cuda_graph", "bf16 ACT loop from CUDA graphs per batch bucket", "cuda", torch.bfloat16, graph_captured=True
+        ),
+        VariantInfo(
+            "cuda_graph_compiled",
+            "torch.compile'd bf16 segment, ACT loop from CUDA graphs",
+            "cuda",
+            torch.bfloat16,
+            graph_captured=True,
+        ),
     )
 }
 MAX_EXPORT_BATCH = 1024  # largest batch the AOTInductor package accepts
@@ -114,8 +131,10 @@ def build_segment(model: HRM, name: str, example: tuple[Tensor, Tensor, Tensor],
     """Build the variant from the eager model and write its artefacts into serving_dir (export side)."""
     info = variant_info(name)
     segment = SegmentModule(model).eval()
-    if name in ("eager", "fp16", "bf16"):
+    if name in ("eager", "fp16", "bf16", "cuda_graph"):
         return model.segment
+    if name == "cuda_graph_compiled":
+        return compile_for_graphs(model)
     if name == "int8":
         return quantize_int8(segment)
     if name in ("jit", "jit_int8"):
@@ -133,8 +152,10 @@ def build_segment(model: HRM, name: str, example: tuple[Tensor, Tensor, Tensor],
 def load_segment(model: HRM, name: str, serving_dir: Path | None, example: tuple[Tensor, Tensor, Tensor]) -> SegmentFn:
     """The variant as a replica runs it: from export's artefacts (hashes verified by the caller)."""
     info = variant_info(name)
-    if name in ("eager", "fp16", "bf16"):
+    if name in ("eager", "fp16", "bf16", "cuda_graph"):
         return model.segment
+    if name == "cuda_graph_compiled":
+        return compile_for_graphs(model)
     if name == "int8":
         return quantize_int8(SegmentModule(model).eval())
     if serving_dir is None:
@@ -153,6 +174,20 @@ def load_segment(model: HRM, name: str, serving_dir: Path | None, example: tuple
             torch.compiler.load_cache_artifacts(path.read_bytes())
         return _compile_int8(SegmentModule(model).eval(), example)
     raise VariantError(f"no loader for engine variant {name!r}")
+
+
+def build_act_runner(model: HRM, name: str, segment_fn: SegmentFn, buckets: tuple[int, ...]) -> CudaGraphAct | None:
+    """The captured ACT loop of a graph variant (captures every bucket now), None for the others."""
+    if not variant_info(name).graph_captured:
+        return None
+    return CudaGraphAct(model, segment_fn, buckets, model.config.max_segments)
+
+
+def compile_for_graphs(model: HRM) -> SegmentFn:
+    """torch.compile of the segment for capture in CUDA graphs: Inductor's kernels without its own graphs
+    (the default mode). The capture's warm-up compiles it: batch 1 specialised, the other buckets share one
+    graph with a dynamic batch (torch's automatic dynamic shapes)."""
+    return torch.compile(model.segment)
 
 
 def quantize_int8(segment: SegmentModule) -> nn.Module:
