@@ -1,12 +1,13 @@
 # make demo   -> set up (first time) and run the main job
 # make test   -> set up (first time) and run the whole test suite
+# make gpu-check -> on a machine with a GPU: the GPU tests and the GPU benchmarks
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -33,6 +34,12 @@ test: setup
 BENCHMARKS := data_memory model_learning train_throughput serve_latency soak
 bench: setup
 	@for name in $(BENCHMARKS); do echo "== benchmarks.$$name"; $(PY) -m benchmarks.$$name || exit 1; done
+
+# The tests marked gpu (skipped without CUDA) and the GPU benchmarks (benchmarks/results/gpu_check.json). Pass
+# GPU_CHECK_ARGS="--baseline /tmp/before/platform" to put another revision's training step beside this one.
+gpu-check: setup
+	$(PY) -m pytest -m gpu tests/gpu
+	$(PY) -m benchmarks.gpu_check --profile $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs artifacts .pytest_cache

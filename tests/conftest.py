@@ -14,6 +14,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_PRESET = REPO_ROOT / "jobs" / "configs" / "smoke.yaml"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` are skipped on a machine without CUDA (CI's), and run wherever torch sees a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (no GPU visible to torch)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def smoke_config() -> PlatformConfig:
     """A fresh copy per test: tests may change fields freely."""
