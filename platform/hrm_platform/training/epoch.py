@@ -330,7 +330,7 @@ def _reduce_epoch_metrics(
     final_accuracy, segments_used, segments_run, batches, samples, sample_segments = scalars
     slowest_s, peak_mb = collective.max(torch.tensor([elapsed, peak_memory_mb(run.device)], dtype=torch.float64)).tolist()
     hrm = run.hrm
-    flops = sample_segments * training_flops_per_sample_segment(hrm.config, hrm.window, hrm.n_features)
+    flops = float(sample_segments) * training_flops_per_sample_segment(hrm.config, hrm.window, hrm.n_features)
     speed = throughput_figures(flops, slowest_s, run.device, collective.world_size, peak_tflops)
     return {
         "epoch": run.epoch,
