@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from hrm_platform.data.dataset import ACTIONS, build_datasets
+from hrm_platform.actions import ACTIONS
+from hrm_platform.data.dataset import build_datasets
 from hrm_platform.model.act import predict
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import EngineError, InferenceEngine, LatencyModel

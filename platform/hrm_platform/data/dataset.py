@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hrm_platform.actions import ACTIONS, BUY, HOLD, SELL
 from hrm_platform.config import DataConfig
 from hrm_platform.data.features import (
     FEATURE_NAMES,
@@ -38,8 +39,6 @@ from hrm_platform.data.features import (
 from hrm_platform.data.market import REGIME_NAMES, SyntheticMarket, generate_market
 from hrm_platform.data.ohlcv import BAR_COLUMNS, load_ohlcv
 
-ACTIONS = ("hold", "buy", "sell")  # class ids 0, 1, 2
-HOLD, BUY, SELL = 0, 1, 2
 SPLITS = ("train", "val", "test")
 
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from hrm_platform.actions import target_positions
 from hrm_platform.data.features import FeatureSpec, compute_features
 from hrm_platform.evaluation import metrics
 
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
     from hrm_platform.data.dataset import DatasetBundle
     from hrm_platform.evaluation.report import EvaluationReport
 
-# Sign of the position for each action id, in data.dataset.ACTIONS order (hold, buy, sell).
-ACTION_DIRECTION = np.array([0.0, 1.0, -1.0])
 INFERENCE_BATCH = 512
 
 
@@ -94,8 +93,7 @@ class InstrumentBacktest:
 
 def positions_from_outputs(probabilities: np.ndarray, quantity: np.ndarray) -> np.ndarray:
     """(N, 3) action probabilities and (N,) quantity -> (N,) signed positions: direction of argmax * quantity."""
-    actions = np.asarray(probabilities).argmax(axis=1)
-    return ACTION_DIRECTION[actions] * np.clip(np.asarray(quantity, dtype=np.float64), 0.0, 1.0)
+    return target_positions(np.asarray(probabilities).argmax(axis=1), quantity)
 
 
 def normalised_features(bars: np.ndarray, feature_spec: FeatureSpec) -> np.ndarray:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-N_ACTIONS = 3  # hold, buy, sell (data.dataset.ACTIONS order)
+from hrm_platform.actions import N_ACTIONS
+
 
 
 # --- classification -------------------------------------------------------------------------------------------

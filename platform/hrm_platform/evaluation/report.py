@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hrm_platform.actions import ACTIONS
 from hrm_platform.evaluation import metrics, plots
 from hrm_platform.evaluation.backtest import BacktestResult
 
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from hrm_platform.config import DataConfig
     from hrm_platform.training.checkpoint import LoadedCheckpoint
 
-ACTION_NAMES = ("hold", "buy", "sell")  # data.dataset.ACTIONS
 STRATEGY_ORDER = ("model", "oracle", "buy_and_hold", "momentum", "flat")
 PLOT_FILES = {
     "equity": "equity.png",
@@ -102,7 +102,7 @@ def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, data_confi
             "momentum_lookback": config.eval.momentum_lookback,
             "holding": "decide at every bar from the window ending there, hold one bar (close to close)",
         },
-        "classification": metrics.classification_metrics(true, predicted, ACTION_NAMES),
+        "classification": metrics.classification_metrics(true, predicted, ACTIONS),
         "segments": metrics.segments_distribution(
             np.concatenate([d.segments_used for d in decisions]), config.model.max_segments
         ),
@@ -187,7 +187,7 @@ def draw_plots(
         ),
         "training_curves": plots.plot_training_curves(history, out_dir / PLOT_FILES["training_curves"]),
         "confusion_matrix": plots.plot_confusion_matrix(
-            np.array(summary["classification"]["confusion_matrix"]), ACTION_NAMES,
+            np.array(summary["classification"]["confusion_matrix"]), ACTIONS,
             out_dir / PLOT_FILES["confusion_matrix"],
         ),
         "segments": plots.plot_segments_histogram(summary["segments"]["counts"], out_dir / PLOT_FILES["segments"]),

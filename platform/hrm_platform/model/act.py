@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hrm_platform.actions import N_ACTIONS
 from hrm_platform.model.hrm import HRM, HRMCarry, HRMOutputs, unwrap_model
 
 SegmentFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]
@@ -277,7 +278,7 @@ def act_inference(
     batch_size = x.shape[0]
     device = x.device
     limits = segment_limits(budgets, batch_size, max_segments, device)  # (B,)
-    probabilities = torch.zeros(batch_size, 3, device=device)
+    probabilities = torch.zeros(batch_size, N_ACTIONS, device=device)
     quantity = torch.zeros(batch_size, device=device)
     q_halt = torch.zeros(batch_size, device=device)
     segments_used = torch.zeros(batch_size, dtype=torch.int64, device=device)

@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from hrm_platform.actions import N_ACTIONS
 from hrm_platform.config import ModelConfig
 from hrm_platform.model.layers import RotaryEmbedding, TransformerBlock
 
-N_ACTIONS = 3  # hold, buy, sell (hrm_platform.data.dataset.ACTIONS)
 Q_HEAD_INIT_BIAS = -5.0  # both Q logits start low and equal: no halting until the Q head has learned
 
 

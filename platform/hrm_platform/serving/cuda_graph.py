@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hrm_platform.actions import N_ACTIONS
 from hrm_platform.model.act import ActResult, SegmentFn, segment_limits
 from hrm_platform.model.hrm import HRM
 
@@ -188,7 +189,7 @@ class CudaGraphAct:
             x=zeros(*state_shape, dtype=dtype),
             z_H=zeros(*state_shape, dtype=dtype),
             z_L=zeros(*state_shape, dtype=dtype),
-            probabilities=zeros(bucket, 3),
+            probabilities=zeros(bucket, N_ACTIONS),
             quantity=zeros(bucket),
             q_halt=zeros(bucket),
             segments_used=zeros(bucket, dtype=torch.int64),

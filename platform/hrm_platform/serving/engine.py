@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hrm_platform.data.dataset import ACTIONS
+from hrm_platform.actions import ACTIONS, target_positions
 from hrm_platform.data.features import FeatureSpec, window_from_bars
 from hrm_platform.model.act import ActResult, act_inference
 from hrm_platform.model.hrm import HRM
@@ -51,7 +51,6 @@ SERVING_DIR = "serving"
 SERVING_MANIFEST = "serving_manifest.json"
 SERVING_FORMAT_VERSION = 1
 MIN_SEGMENT_MS = 1e-3  # floor of a measured segment time (noise can make a difference of medians negative)
-_DIRECTION = {"hold": 0.0, "buy": 1.0, "sell": -1.0}  # sign of the target position per action
 DEFAULT_GRAPH_BUCKETS: tuple[int, ...] = ServeConfig.model_fields["cuda_graph_buckets"].default
 
 
@@ -282,10 +281,11 @@ class InferenceEngine:
         quantity = result.quantity.float().cpu().numpy()
         confidence = result.confidence.float().cpu().numpy()
         segments = result.segments_used.cpu().numpy()
+        targets = target_positions(probabilities.argmax(axis=1), quantity)  # (B,)
         predictions = []
         for row, position in enumerate(positions):
             action = ACTIONS[int(probabilities[row].argmax())]
-            target = _DIRECTION[action] * float(quantity[row])
+            target = float(targets[row])
             predictions.append(
                 Prediction(
                     action=action,

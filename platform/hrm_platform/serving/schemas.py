@@ -21,9 +21,10 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, model_validator
 
+from hrm_platform.actions import ACTIONS
 from hrm_platform.data.ohlcv import BAR_COLUMNS, find_bar_problem
 
-Action = Literal["hold", "buy", "sell"]
+Action = Literal[ACTIONS]  # "hold", "buy", "sell"
 Number = Annotated[float, Strict()]  # JSON numbers only: "1.5" as a string is rejected, not coerced
 BarRow = Annotated[list[Number], Field(min_length=5, max_length=5, description="[open, high, low, close, volume]")]
 ROWS_TAG, COLUMNS_TAG = "rows", "columns"
