@@ -66,7 +66,7 @@ def make_bodies(bars_needed: int, count: int, seed: int = 0) -> list[bytes]:
 
 def prepare_checkpoint(checkpoint: Path | None) -> Path:
     """The given checkpoint, or a smoke-preset one trained once under runs/bench-serve; exported either way."""
-    from hrm_platform.serving.engine import SERVING_MANIFEST, serving_dir
+    from hrm_platform.serving.manifest import SERVING_MANIFEST, serving_dir
     from hrm_platform.serving.export import export_engine
 
     if checkpoint is None:

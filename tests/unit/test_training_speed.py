@@ -19,7 +19,7 @@ def test_compiled_training_matches_eager_on_cpu(smoke_config):
     smoke_config.train.compile = True
     compiled_run = new_training_run(build_model(smoke_config, N_FEATURES), smoke_config, torch.device("cpu"), 1)
     assert compiled_run.step_model is not compiled_run.model  # the compiled wrapper, over the same parameters
-    assert list(compiled_run.step_model.parameters())[0] is list(compiled_run.model.parameters())[0]
+    assert next(iter(compiled_run.step_model.parameters())) is next(iter(compiled_run.model.parameters()))
     compiled = step_losses(smoke_config)
     assert len(compiled) == len(eager)
     for eager_step, compiled_step in zip(eager, compiled):

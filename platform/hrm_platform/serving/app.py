@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from hrm_platform.config import ServeConfig
+from hrm_platform.config import ConfigError, ServeConfig
 from hrm_platform.local_ray import init_local_ray
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import InferenceEngine, Prediction
@@ -55,6 +55,7 @@ from hrm_platform.serving.schemas import (
     check_bars,
     decision_response,
 )
+from hrm_platform.serving.variants import VariantError, variant_info
 from hrm_platform.training.checkpoint import load_manifest
 
 logger = logging.getLogger(__name__)
@@ -381,9 +382,20 @@ def deployment_options(serve_config: ServeConfig) -> dict[str, Any]:
     return options
 
 
+def check_engine_variant(serve_config: ServeConfig) -> None:
+    """serve.engine_variant names a registered variant (or auto): refused before any replica starts."""
+    if serve_config.engine_variant == "auto":
+        return
+    try:
+        variant_info(serve_config.engine_variant)
+    except VariantError as error:
+        raise ConfigError(f"serve.engine_variant={serve_config.engine_variant!r}: {error}") from None
+
+
 def build_app(args: AppArgs | dict[str, Any]):
     """Typed app builder: `serve run hrm_platform.serving.app:build_app checkpoint=PATH`."""
     args = AppArgs.model_validate(args) if not isinstance(args, AppArgs) else args
+    check_engine_variant(args.serve)
     checkpoint = args.checkpoint.resolve()  # replicas do not share the builder's working directory
     return HRMDeployment.options(
         **deployment_options(args.serve), user_config={"checkpoint": str(checkpoint)}
@@ -417,6 +429,7 @@ def start_server(checkpoint: Path, serve_config: ServeConfig, timeout_s: float =
     import ray
 
     checkpoint = Path(checkpoint).resolve()
+    check_engine_variant(serve_config)
     env = ingress_env(serve_config)
     if not ray.is_initialized():
         init_local_ray()

@@ -32,24 +32,16 @@ import torch
 from torch import Tensor
 
 from hrm_platform.actions import ACTIONS, target_positions
+from hrm_platform.config import ServeConfig
 from hrm_platform.data.features import FeatureSpec, window_from_bars
 from hrm_platform.model.act import ActResult, act_inference
 from hrm_platform.model.hrm import HRM
-from hrm_platform.config import ServeConfig
-from hrm_platform.serving.variants import (
-    VariantError,
-    build_act_runner,
-    engine_model,
-    load_segment,
-    variant_info,
-)
-from hrm_platform.training.checkpoint import CheckpointError, file_sha256, load_model
+from hrm_platform.serving.manifest import ManifestError, exported_choice, read_serving_manifest, verified_artefacts
+from hrm_platform.serving.variants import VariantError, build_act_runner, engine_model, load_segment, variant_info
+from hrm_platform.training.checkpoint import CheckpointError, load_model
 
 logger = logging.getLogger(__name__)
 
-SERVING_DIR = "serving"
-SERVING_MANIFEST = "serving_manifest.json"
-SERVING_FORMAT_VERSION = 1
 MIN_SEGMENT_MS = 1e-3  # floor of a measured segment time (noise can make a difference of medians negative)
 DEFAULT_GRAPH_BUCKETS: tuple[int, ...] = ServeConfig.model_fields["cuda_graph_buckets"].default
 
@@ -123,12 +115,12 @@ class InferenceEngine:
             raise EngineError(f"cannot load checkpoint {checkpoint_dir}: {error}") from error
         try:
             serving = read_serving_manifest(checkpoint_dir, loaded.model_version)
-            name = variant if variant is not None else _exported_choice(serving, checkpoint_dir)
-            target = torch.device(device) if device is not None else _default_device(name)
+            name = variant if variant is not None else exported_choice(serving, checkpoint_dir)
+            target = torch.device(device) if device is not None else variant_info(name).default_device
             engine = cls._build(
                 hrm, loaded.model_version, loaded.feature_spec, checkpoint_dir, name, target, serving, graph_buckets
             )
-        except (VariantError, EngineError) as error:
+        except (VariantError, ManifestError, EngineError) as error:
             if variant is not None:
                 raise EngineError(f"checkpoint {checkpoint_dir}: engine variant {variant!r}: {error}") from error
             # The checkpoint itself verified: serve it plainly rather than not at all.
@@ -152,13 +144,10 @@ class InferenceEngine:
         serving: dict[str, Any] | None,
         graph_buckets: tuple[int, ...],
     ) -> InferenceEngine:
-        info = variant_info(variant)
-        serving_dir = None
-        if info.artefacts:
-            serving_dir = verified_artefacts(checkpoint_dir, serving, variant)
+        artefact_dir = verified_artefacts(checkpoint_dir, serving, variant) if variant_info(variant).artefacts else None
         model = engine_model(hrm, variant, device)
         example = example_segment_inputs(model, batch_size=2)
-        segment_fn = load_segment(model, variant, serving_dir, example)
+        segment_fn = load_segment(model, variant, artefact_dir, example)
         runner = build_act_runner(model, variant, segment_fn, graph_buckets)
         return cls(model, segment_fn, variant, model_version, feature_spec, checkpoint_dir, device, runner)
 
@@ -299,67 +288,6 @@ class InferenceEngine:
                 )
             )
         return predictions
-
-
-# ---------------------------------------------------------------------------------------- serving manifest
-
-
-def serving_dir(checkpoint_dir: Path) -> Path:
-    return Path(checkpoint_dir) / SERVING_DIR
-
-
-def read_serving_manifest(checkpoint_dir: Path, model_version: str) -> dict[str, Any] | None:
-    """The export's manifest when it exists and belongs to this model version and torch build, else None."""
-    path = serving_dir(checkpoint_dir) / SERVING_MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EngineError(f"{path} is not valid JSON ({error}); run `hrm export` again") from None
-    if manifest.get("format_version") != SERVING_FORMAT_VERSION:
-        raise EngineError(
-            f"{path}: format_version {manifest.get('format_version')!r}, expected {SERVING_FORMAT_VERSION}"
-        )
-    if manifest.get("model_version") != model_version:
-        logger.warning("%s belongs to model %s, not %s: ignored", path, manifest.get("model_version"), model_version)
-        return None
-    if manifest.get("torch_version") != torch.__version__:
-        logger.warning(
-            "%s was exported with torch %s, this is %s: ignored", path, manifest.get("torch_version"), torch.__version__
-        )
-        return None
-    return manifest
-
-
-def verified_artefacts(checkpoint_dir: Path, serving: dict[str, Any] | None, variant: str) -> Path:
-    """The serving directory after checking the sha256 of every artefact this variant loads."""
-    directory = serving_dir(checkpoint_dir)
-    if serving is None:
-        raise EngineError(f"variant {variant!r} needs `hrm export --checkpoint {checkpoint_dir}` first")
-    listed = serving.get("files", {})
-    for name in variant_info(variant).artefacts:
-        if name not in listed:
-            raise EngineError(f"{directory / SERVING_MANIFEST} does not list {name}; the export skipped {variant!r}")
-        path = directory / name
-        if not path.is_file():
-            raise EngineError(f"{path} is listed in {SERVING_MANIFEST} but missing")
-        if file_sha256(path) != listed[name]:
-            raise EngineError(f"{path} failed its integrity check (sha256 differs from {SERVING_MANIFEST})")
-    return directory
-
-
-def _exported_choice(serving: dict[str, Any] | None, checkpoint_dir: Path) -> str:
-    if serving is None or not serving.get("chosen"):
-        logger.info(
-            "no serving manifest for %s: serving eager fp32 (run `hrm export` for a faster engine)", checkpoint_dir
-        )
-        return "eager"
-    return serving["chosen"]
-
-
-def _default_device(variant: str) -> torch.device:
-    return torch.device("cuda" if variant_info(variant).device == "cuda" else "cpu")
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -22,7 +22,6 @@ servable variant at batch 1 is chosen. Everything goes into
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -32,7 +31,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +40,13 @@ from torch import Tensor
 
 from hrm_platform.data.dataset import build_datasets
 from hrm_platform.model.hrm import HRM
-from hrm_platform.serving.engine import (
-    SERVING_FORMAT_VERSION,
-    SERVING_MANIFEST,
-    InferenceEngine,
-    example_segment_inputs,
-    serving_dir,
-    synchronize,
-)
+from hrm_platform.serving.engine import InferenceEngine, example_segment_inputs, synchronize
+from hrm_platform.serving.manifest import SERVING_MANIFEST, serving_dir, write_serving_manifest
 from hrm_platform.serving.variants import (
+    VARIANTS,
     build_act_runner,
     build_segment,
     engine_model,
-    load_segment,
     variant_info,
     variants_for_device,
 )
@@ -62,14 +54,6 @@ from hrm_platform.training.checkpoint import LoadedCheckpoint, file_sha256, load
 
 logger = logging.getLogger(__name__)
 
-# Seconds to export. The default adds jit and compiled (an AOTInductor build, about a minute on 2 cores).
-FAST_VARIANTS = ("eager", "int8", "jit_int8")
-# Not tried unless named: torch.compile of the int8 segment has graph breaks around the quantized ops, ran no
-# faster than eager int8 here, and a replica must compile it again at start (~18 s even from the saved compile
-# cache, over the 15 s budget), so it is never servable on this CPU.
-# cuda_graph_compiled likewise compiles Inductor kernels for every batch bucket when a replica starts, far over
-# the ready budget with a cold compile cache: `hrm export --variants cuda_graph_compiled` measures it on request.
-EXPLICIT_ONLY_VARIANTS = ("compiled_int8", "cuda_graph_compiled")
 
 
 @dataclass(frozen=True)
@@ -167,8 +151,8 @@ def export_engine(
 ) -> ExportReport:
     """Build, measure and check engine variants of a checkpoint; write the serving manifest + artefacts.
 
-    variants None = every variant that runs on this machine (fp16/bf16 too with CUDA) except
-    EXPLICIT_ONLY_VARIANTS; FAST_VARIANTS exports in seconds.
+    variants None = every variant that runs on this machine (the GPU ones too with CUDA) except those that
+    compile at replica start (`Variant.explicit_only`); `eager int8 jit_int8` export in seconds.
     """
     settings = settings or ExportSettings()
     checkpoint = Path(checkpoint).absolute()
@@ -197,10 +181,10 @@ def export_engine(
         settings,
         target / SERVING_MANIFEST,
     )
-    write_serving_manifest(report)  # chosen=None while ready times are measured: a crash leaves eager
+    _write_manifest(report)  # chosen=None while ready times are measured: a crash leaves eager
     _measure_ready(report, settings)
     report.chosen = choose_variant(report.variants)
-    write_serving_manifest(report)
+    _write_manifest(report)
     return report
 
 
@@ -214,7 +198,7 @@ def _variant_names(variants: Sequence[str] | None) -> list[str]:
         names = list(dict.fromkeys(variants))
     else:
         names = variants_for_device("cpu") + (variants_for_device("cuda") if torch.cuda.is_available() else [])
-        names = [name for name in dict.fromkeys(names) if name not in EXPLICIT_ONLY_VARIANTS]
+        names = [name for name in dict.fromkeys(names) if not VARIANTS[name].explicit_only]
     return ["eager"] + [name for name in names if name != "eager"]  # eager fp32 is the reference
 
 
@@ -243,13 +227,10 @@ def _build_all(
 
 
 def _build_engine(hrm: HRM, loaded: LoadedCheckpoint, name: str, staging: Path) -> InferenceEngine:
-    info = variant_info(name)
-    device = torch.device("cuda" if info.device == "cuda" else "cpu")
+    device = variant_info(name).default_device
     model = engine_model(hrm, name, device)
     example = example_segment_inputs(model, batch_size=2)
-    segment_fn = build_segment(model, name, example, staging)
-    if name in ("jit", "jit_int8"):
-        segment_fn = load_segment(model, name, staging, example)  # measure what a replica loads
+    segment_fn = build_segment(model, name, example, staging)  # what a replica loading the artefact runs
     runner = build_act_runner(model, name, segment_fn, loaded.config.serve.cuda_graph_buckets)
     return InferenceEngine(
         model, segment_fn, name, loaded.model_version, loaded.feature_spec, loaded.directory, device, runner
@@ -450,34 +431,18 @@ def choose_variant(variants: list[VariantFigures]) -> str | None:
 # -------------------------------------------------------------------------------------------- manifest
 
 
-def write_serving_manifest(report: ExportReport) -> Path:
-    files = {name: sha for entry in report.variants for name, sha in entry.artefacts.items()}
+def _write_manifest(report: ExportReport) -> Path:
     chosen = report.figures(report.chosen) if report.chosen else None
-    manifest = {
-        "format_version": SERVING_FORMAT_VERSION,
-        "model_version": report.model_version,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": torch.__version__,
+    content = {
         "torch_threads": report.torch_threads,
-        "chosen": report.chosen,
         "segment_ms": chosen.segment_ms if chosen else None,
         "fixed_ms": chosen.fixed_ms if chosen else None,
         "eval_windows": report.eval_windows,
         "settings": asdict(report.settings),
         "variants": {entry.name: asdict(entry) for entry in report.variants},
-        "files": files,
+        "files": {name: sha for entry in report.variants for name, sha in entry.artefacts.items()},
     }
-    path = report.manifest_path
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(manifest, indent=2, allow_nan=False, default=_json_default) + "\n")
-    partial.replace(path)  # atomic: a replica never reads half a manifest
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+    return write_serving_manifest(report.manifest_path, report.model_version, report.chosen, content)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
