@@ -4,8 +4,9 @@
 
 Prints one JSON line: samples/s and segments run per batch from the epoch's own measure (`train_epoch`),
 the warm-up's seconds, and optionally writes a torch-profiler table (`--profile FILE`) and the trained
-checkpoint (`--save DIR`). It uses only functions that every revision of `training/epoch.py` has, so
-`benchmarks/gpu_check.py` can run it against an older source root (PYTHONPATH) for a before/after figure.
+checkpoint (`--save DIR`). It uses only functions that every revision has (where an older one kept them all
+in `training/epoch.py`, it imports them from there), so `benchmarks/gpu_check.py` can run it against an
+older source root (PYTHONPATH) for a before/after figure.
 Runs on CUDA when torch sees a GPU, else on CPU.
 """
 
@@ -20,17 +21,25 @@ import torch
 
 from hrm_platform.config import load_config
 from hrm_platform.data.dataset import build_datasets
-from hrm_platform.training.epoch import (
-    Collective,
-    batches_per_epoch,
-    build_model,
-    capture_rng_state,
-    make_sampler,
-    new_training_run,
-    seed_rank,
-    train_epoch,
-    write_checkpoint,
-)
+
+try:  # this tree: one module per concept
+    from hrm_platform.training.batches import batches_per_epoch, make_sampler
+    from hrm_platform.training.collective import Collective
+    from hrm_platform.training.epoch import train_epoch
+    from hrm_platform.training.resume import capture_rng_state, seed_rank, write_checkpoint
+    from hrm_platform.training.state import build_model, new_training_run
+except ImportError:  # an older source root (--baseline of gpu_check), where training/epoch.py held them all
+    from hrm_platform.training.epoch import (  # type: ignore[no-redef]
+        Collective,
+        batches_per_epoch,
+        build_model,
+        capture_rng_state,
+        make_sampler,
+        new_training_run,
+        seed_rank,
+        train_epoch,
+        write_checkpoint,
+    )
 
 PROFILE_BATCHES = 3
 PROFILE_ROWS = 25

@@ -3,8 +3,7 @@
     .venv/bin/python -m benchmarks.train_throughput                                   # the demo preset
     .venv/bin/python -m benchmarks.train_throughput --config jobs/configs/smoke.yaml  # quick check
 
-All three train the same data for the same epochs with the same epoch and step functions
-(`training/epoch.py`), validate and write a checkpoint every epoch. The plain loop is `train_local`; the
+All three train the same data for the same epochs with the same epoch loop (`training/fit.py`), validate and write a checkpoint every epoch. The plain loop is `train_local`; the
 Ray variants are `run_training` on one local cluster started before any clock starts (cluster start is
 excluded; worker start-up inside `fit()` is included). Per variant: wall time, samples/s over the wall
 time, samples/s inside the epochs (the loop's own measure, no start-up), and time from the call to the

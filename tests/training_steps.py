@@ -6,7 +6,7 @@ import torch
 
 from hrm_platform.config import PlatformConfig
 from hrm_platform.model.act import deep_supervision_step
-from hrm_platform.training.epoch import build_model, new_training_run
+from hrm_platform.training.state import build_model, new_training_run
 
 N_FEATURES = 11
 

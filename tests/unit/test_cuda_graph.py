@@ -9,7 +9,7 @@ import torch
 from hrm_platform.config import load_config
 from hrm_platform.model.act import act_inference
 from hrm_platform.serving.cuda_graph import CudaGraphAct, bucket_chunks, bucket_for, padded_limits
-from hrm_platform.training.epoch import build_model
+from hrm_platform.training.state import build_model
 
 N_FEATURES = 11
 

@@ -11,8 +11,8 @@ import pytest
 from hrm_platform.cli import main
 from hrm_platform.serving import export as export_module
 from hrm_platform.serving.engine import EngineError, InferenceEngine
-from hrm_platform.serving.manifest import SERVING_MANIFEST, serving_dir
 from hrm_platform.serving.export import ExportSettings, export_engine
+from hrm_platform.serving.manifest import SERVING_MANIFEST, serving_dir
 from hrm_platform.training.checkpoint import file_sha256
 
 QUICK = ExportSettings(repeats_batch1=5, repeats_batch32=2, measure_ready=False)

@@ -14,7 +14,7 @@ from hrm_platform.model.flops import (
     inference_flops_per_sample,
     training_flops_per_sample_segment,
 )
-from hrm_platform.training.epoch import build_model, new_training_run
+from hrm_platform.training.state import build_model, new_training_run
 from hrm_platform.training.throughput import throughput_figures
 
 TINY = ModelConfig(d_model=8, n_heads=2, ff_mult=2.0, h_layers=1, l_layers=1, h_cycles=1, l_cycles=2, max_segments=2)

@@ -23,8 +23,6 @@ import numpy as np
 
 from hrm_platform.actions import N_ACTIONS
 
-
-
 # --- classification -------------------------------------------------------------------------------------------
 
 

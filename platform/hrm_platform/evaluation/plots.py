@@ -25,8 +25,8 @@ STRATEGY_COLORS = {
 }
 
 
-# What the training loop records under these keys (training/epoch.py): the two losses are not the same sum,
-# so the legend says so rather than inviting a train-vs-val comparison of unlike quantities.
+# What the training loop records under these keys (training/epoch.py, training/fit.py): the two losses are
+# not the same sum, so the legend says so rather than inviting a train-vs-val comparison of unlike quantities.
 TRAINING_LABELS = {
     "train_loss": "train loss (action CE + quantity + ACT Q)",
     "val_loss": "val loss (action NLL only)",

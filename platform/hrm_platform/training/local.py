@@ -1,4 +1,4 @@
-"""Training in one process without Ray: the same epoch and step functions as the Ray Train loop.
+"""Training in one process without Ray: the same epoch loop (`training/fit.py`) as the Ray Train worker.
 
 Used by test fixtures (a real checkpoint in seconds) and as the plain-PyTorch baseline of
 `benchmarks/train_throughput.py`. Like the Ray run, it resumes: called again with the same `out_dir` it
@@ -10,44 +10,27 @@ continues after the latest checkpoint there.
 
 from __future__ import annotations
 
-import math
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from hrm_platform.config import PlatformConfig
 from hrm_platform.data.dataset import build_datasets
+from hrm_platform.training.batches import batches_per_epoch, make_sampler
 from hrm_platform.training.checkpoint import load_checkpoint, load_manifest
-from hrm_platform.training.epoch import (
-    Collective,
-    batches_per_epoch,
-    build_model,
-    capture_rng_state,
-    checkpoint_name,
-    format_progress,
-    make_sampler,
-    new_training_run,
-    parameter_fingerprint,
-    resume_from,
-    seed_rank,
-    should_validate,
-    train_epoch,
-    validate,
-    write_checkpoint,
-)
-
-ProgressFn = Callable[[str], None]  # receives one formatted line per epoch, e.g. `print`
+from hrm_platform.training.collective import Collective
+from hrm_platform.training.fit import ProgressFn, checkpoint_score, fit
+from hrm_platform.training.resume import checkpoint_name, resume_from, seed_rank, write_checkpoint
+from hrm_platform.training.state import build_model, new_training_run
 
 
 def train_local(config: PlatformConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Path:
     """Train `config` in this process; checkpoints go to out_dir/epoch_NNNN; returns the best one's path.
 
     `progress(line)` gets the same per-epoch line the Ray run prints (e.g. `progress=print`); every epoch's
-    metrics are in the checkpoints' manifests. The best checkpoint is the one with the highest validation accuracy; like Ray Train's
-    CheckpointConfig, only the best `train.keep_checkpoints` and the latest are kept.
+    metrics are in the checkpoints' manifests. The best checkpoint is the one with the highest validation
+    accuracy; like Ray Train's CheckpointConfig, only the best `train.keep_checkpoints` and the latest are kept.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -63,21 +46,12 @@ def train_local(config: PlatformConfig, out_dir: Path, *, progress: ProgressFn |
     latest = latest_checkpoint(out_dir)
     if latest is not None:
         resume_from(load_checkpoint(latest, with_training_state=True), run, config, rank=0)
-    resumed_after = run.epoch
-    started = time.perf_counter()
-    for _ in range(run.epoch, config.train.epochs):
-        metrics = train_epoch(run, bundle.train, sampler, config, collective)
-        if should_validate(run.epoch, config):
-            metrics.update(validate(run, bundle.val, config, collective))
-        metrics["param_fingerprints"] = [parameter_fingerprint(run.model)]
-        metrics["resumed_after_epoch"] = resumed_after
-        metrics["first_step_unix"] = run.first_step_unix
-        run.history.append(metrics)
-        write_checkpoint(out_dir / checkpoint_name(run.epoch), run, config, bundle.feature_spec, metrics, [capture_rng_state()])
+
+    def save_epoch(metrics: dict, rng_by_rank: list[dict]) -> None:
+        write_checkpoint(out_dir / checkpoint_name(run.epoch), run, config, bundle.feature_spec, metrics, rng_by_rank)
         _prune(out_dir, config.train.keep_checkpoints)
-        if progress is not None:
-            seconds_per_epoch = (time.perf_counter() - started) / (run.epoch - resumed_after)
-            progress(format_progress(metrics, config.train.epochs, seconds_per_epoch))
+
+    fit(run, bundle, sampler, config, collective, save_epoch, progress)
     return best_checkpoint(out_dir)
 
 
@@ -98,8 +72,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def _validation_accuracy(checkpoint: Path) -> float:
-    value = load_manifest(checkpoint)["metrics"]["latest"].get("val_accuracy")
-    return value if value is not None and math.isfinite(value) else -math.inf
+    return checkpoint_score(load_manifest(checkpoint)["metrics"]["latest"])
 
 
 def best_checkpoint(out_dir: Path) -> Path:

@@ -5,13 +5,13 @@ the same datasets (deterministic from data.seed), trains its DistributedSampler 
 other ranks through all-reduces. Only rank 0 writes a checkpoint; every rank calls `ray.train.report`
 once per epoch. A restarted worker group (FailureConfig) or a run started again with the same name and
 storage path gets the latest checkpoint from `ray.train.get_checkpoint()` and continues after its epoch.
+The epochs themselves are `training/fit.py`'s loop, the one `train_local` runs too.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,13 @@ import torch
 
 from hrm_platform.config import PlatformConfig, validate_config
 from hrm_platform.data.dataset import DatasetBundle, build_datasets
+from hrm_platform.training.batches import batches_per_epoch, make_sampler
 from hrm_platform.training.checkpoint import load_checkpoint
-from hrm_platform.training.epoch import (
-    Collective,
-    NonFiniteLossError,
-    TrainingRun,
-    batches_per_epoch,
-    build_model,
-    capture_rng_state,
-    checkpoint_name,
-    format_progress,
-    make_sampler,
-    new_training_run,
-    parameter_fingerprint,
-    resume_from,
-    seed_rank,
-    should_validate,
-    train_epoch,
-    validate,
-    write_checkpoint,
-)
+from hrm_platform.training.collective import Collective
+from hrm_platform.training.epoch import NonFiniteLossError
+from hrm_platform.training.fit import fit
+from hrm_platform.training.resume import checkpoint_name, resume_from, seed_rank, write_checkpoint
+from hrm_platform.training.state import TrainingRun, build_model, new_training_run
 
 PRINT_PROGRESS_KEY = "print_progress"  # the one key of train_loop_config that is not a PlatformConfig section
 FAILURE_KEY = "failure"  # in the loop's return value when training stopped on purpose (non-finite loss)
@@ -63,29 +50,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     sampler = make_sampler(bundle.train, collective, platform.train.seed)
     steps_per_epoch = batches_per_epoch(len(sampler), platform.train.batch_size, platform.train.max_train_batches)
     run = _prepare_run(platform, bundle, device, collective, steps_per_epoch)
-    resumed_after = run.epoch
-    attempt_started = time.perf_counter()
-    for _ in range(run.epoch, platform.train.epochs):
-        try:
-            metrics = train_epoch(run, bundle.train, sampler, platform, collective)
-        except NonFiniteLossError as error:
-            # Every rank stops here together. Returning (not raising) ends the run at once: a raised error
-            # would make FailureConfig restart from the last checkpoint and diverge again.
-            return {FAILURE_KEY: str(error), "epochs_completed": run.epoch}
-        if should_validate(run.epoch, platform):
-            metrics.update(validate(run, bundle.val, platform, collective))
-        metrics["param_fingerprints"] = collective.gather_objects(parameter_fingerprint(run.model))
-        metrics["resumed_after_epoch"] = resumed_after
-        metrics["first_step_unix"] = run.first_step_unix
-        run.history.append(metrics)
-        rng_by_rank = collective.gather_objects(capture_rng_state())
+
+    def save_epoch(metrics: dict[str, Any], rng_by_rank: list[dict[str, Any]]) -> None:
         _report(run, platform, bundle, metrics, rng_by_rank, collective.rank)
-        if print_progress and collective.rank == 0:
-            seconds_per_epoch = (time.perf_counter() - attempt_started) / (run.epoch - resumed_after)
-            # sys.stdout, not print(): Ray Train patches print() into its logger, which echoes it twice.
-            sys.stdout.write(format_progress(metrics, platform.train.epochs, seconds_per_epoch) + "\n")
-            sys.stdout.flush()
-    return {"epochs_completed": run.epoch}
+
+    try:
+        epochs = fit(run, bundle, sampler, platform, collective, save_epoch, progress=_print_line if print_progress else None)
+    except NonFiniteLossError as error:
+        # Every rank stops here together. Returning (not raising) ends the run at once: a raised error
+        # would make FailureConfig restart from the last checkpoint and diverge again.
+        return {FAILURE_KEY: str(error), "epochs_completed": run.epoch}
+    return {"epochs_completed": epochs}
+
+
+def _print_line(line: str) -> None:
+    # sys.stdout, not print(): Ray Train patches print() into its logger, which echoes it twice.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _prepare_run(

@@ -27,9 +27,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from hrm_platform.config import PlatformConfig, TrainConfig
 from hrm_platform.local_ray import init_local_ray
 from hrm_platform.training.checkpoint import load_manifest
+from hrm_platform.training.fit import SCORE_METRIC, checkpoint_score
 from hrm_platform.training.loop import FAILURE_KEY, loop_config, train_loop_per_worker
-
-SCORE_METRIC = "val_accuracy"
 
 
 class TrainingError(RuntimeError):
@@ -116,7 +115,7 @@ def summarize(best_checkpoints: list[tuple[Any, dict[str, Any]]], latest: Any, r
     """The best checkpoint by validation accuracy (later epoch on a tie), with the run's per-epoch history."""
     if latest is None or not best_checkpoints:
         raise TrainingError(f"the run in {run_dir} reported no checkpoint")
-    best, best_metrics = max(best_checkpoints, key=lambda pair: (_score(pair[1]), pair[1].get("epoch", 0)))
+    best, best_metrics = max(best_checkpoints, key=lambda pair: (checkpoint_score(pair[1]), pair[1].get("epoch", 0)))
     with latest.as_directory() as directory:
         manifest = load_manifest(directory)  # verifies the hashes of what landed in storage
     history = manifest["metrics"]["history"]
@@ -129,11 +128,6 @@ def summarize(best_checkpoints: list[tuple[Any, dict[str, Any]]], latest: Any, r
         final_metrics=history[-1] if history else {},
         history=history,
     )
-
-
-def _score(metrics: dict[str, Any]) -> float:
-    value = metrics.get(SCORE_METRIC)
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -16,9 +16,9 @@ def _install(nan_at_epoch: int) -> None:
 
     import torch
 
-    from hrm_platform.training import loop
+    from hrm_platform.training import fit
 
-    real_train_epoch = loop.train_epoch
+    real_train_epoch = fit.train_epoch
 
     def train_epoch_with_nan(run, *args, **kwargs):
         if run.epoch + 1 == nan_at_epoch:  # run.epoch counts completed epochs
@@ -26,7 +26,7 @@ def _install(nan_at_epoch: int) -> None:
                 next(run.model.parameters()).view(-1)[0] = math.nan
         return real_train_epoch(run, *args, **kwargs)
 
-    loop.train_epoch = train_epoch_with_nan
+    fit.train_epoch = train_epoch_with_nan  # the epoch loop both training paths run
 
 
 if _NAN_AT_EPOCH:

@@ -1,0 +1,65 @@
+"""The epoch loop both training paths run: the Ray Train worker (`loop.py`, one process per DDP rank) and
+`train_local` (one process, no Ray). They differ only in where an epoch's checkpoint goes.
+
+    fit(run, bundle, sampler, config, collective, save_epoch=write_and_report, progress=print)
+
+Per epoch: train, validate when due, record the weight fingerprint of every rank, the resume point and the
+first step's time, append to the run's history, gather every rank's RNG state, hand all of it to
+`save_epoch` (every rank calls it: a Ray worker reports on every rank), and let rank 0 print the progress
+line. A non-finite loss raises `NonFiniteLossError` on every rank together.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils.data import DistributedSampler
+
+from hrm_platform.config import PlatformConfig
+from hrm_platform.data.dataset import DatasetBundle
+from hrm_platform.training.collective import Collective
+from hrm_platform.training.epoch import train_epoch
+from hrm_platform.training.progress import format_progress
+from hrm_platform.training.resume import capture_rng_state, parameter_fingerprint
+from hrm_platform.training.state import TrainingRun
+from hrm_platform.training.validation import should_validate, validate
+
+SaveEpoch = Callable[[dict[str, Any], list[dict[str, Any]]], None]  # (epoch metrics, RNG state of every rank)
+ProgressFn = Callable[[str], None]  # receives one formatted line per epoch, e.g. `print`
+SCORE_METRIC = "val_accuracy"  # what "best checkpoint" means, for Ray's CheckpointConfig and train_local
+
+
+def fit(
+    run: TrainingRun,
+    bundle: DatasetBundle,
+    sampler: DistributedSampler,
+    config: PlatformConfig,
+    collective: Collective,
+    save_epoch: SaveEpoch,
+    progress: ProgressFn | None = None,
+) -> int:
+    """Train from `run.epoch` to `config.train.epochs`; returns the epochs completed."""
+    resumed_after = run.epoch
+    started = time.perf_counter()
+    for _ in range(run.epoch, config.train.epochs):
+        metrics = train_epoch(run, bundle.train, sampler, config, collective)
+        if should_validate(run.epoch, config):
+            metrics.update(validate(run, bundle.val, config, collective))
+        metrics["param_fingerprints"] = collective.gather_objects(parameter_fingerprint(run.model))
+        metrics["resumed_after_epoch"] = resumed_after
+        metrics["first_step_unix"] = run.first_step_unix
+        run.history.append(metrics)
+        save_epoch(metrics, collective.gather_objects(capture_rng_state()))
+        if progress is not None and collective.rank == 0:
+            seconds_per_epoch = (time.perf_counter() - started) / (run.epoch - resumed_after)
+            progress(format_progress(metrics, config.train.epochs, seconds_per_epoch))
+    return run.epoch
+
+
+def checkpoint_score(metrics: dict[str, Any]) -> float:
+    """The validation accuracy an epoch's checkpoint is ranked by; -inf for an epoch without validation."""
+    value = metrics.get(SCORE_METRIC)
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
