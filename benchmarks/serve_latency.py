@@ -66,8 +66,8 @@ def make_bodies(bars_needed: int, count: int, seed: int = 0) -> list[bytes]:
 
 def prepare_checkpoint(checkpoint: Path | None) -> Path:
     """The given checkpoint, or a smoke-preset one trained once under runs/bench-serve; exported either way."""
-    from hrm_platform.serving.manifest import SERVING_MANIFEST, serving_dir
     from hrm_platform.serving.export import export_engine
+    from hrm_platform.serving.manifest import SERVING_MANIFEST, serving_dir
 
     if checkpoint is None:
         from hrm_platform.training.local import train_local
@@ -284,10 +284,9 @@ def bench_serve(
     import ray
     from ray import serve
 
-    from hrm_platform.serving.app import start_server
-    from hrm_platform.serving.ingress import free_port
-
     from hrm_platform.local_ray import init_local_ray
+    from hrm_platform.serving.ingress import free_port
+    from hrm_platform.serving.lifecycle import start_server
 
     key = "default" if serve_config.fast_ingress else "python"
     label = "HAProxy ingress" if serve_config.fast_ingress else "Python proxy"
@@ -395,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     checkpoint = prepare_checkpoint(args.checkpoint).resolve()
-    from hrm_platform.serving.ingress import free_port
     from hrm_platform.serving.engine import InferenceEngine
+    from hrm_platform.serving.ingress import free_port
 
     bars_needed = InferenceEngine.from_checkpoint(checkpoint).bars_needed
     bodies = make_bodies(bars_needed, 4096)

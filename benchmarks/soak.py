@@ -71,7 +71,7 @@ def smoke_checkpoint(work_dir: Path) -> Path:
 
 def start_app(checkpoint: Path, fast_ingress: bool) -> tuple[str, dict[str, str]]:
     from hrm_platform.local_ray import init_local_ray
-    from hrm_platform.serving.app import start_server
+    from hrm_platform.serving.lifecycle import start_server
 
     token = secrets.token_urlsafe(24)
     os.environ[TOKEN_ENV] = token  # start_server hands it to the replicas
@@ -88,7 +88,8 @@ def bars_needed(checkpoint: Path) -> int:
 
 
 def the_replica():
-    from hrm_platform.serving.app import APP_NAME, DEPLOYMENT_NAME
+    from hrm_platform.serving.app import APP_NAME
+    from hrm_platform.serving.replica import DEPLOYMENT_NAME
 
     replicas = serve_replicas(APP_NAME, DEPLOYMENT_NAME)
     if len(replicas) != 1:
@@ -119,7 +120,8 @@ def soak(url: str, headers: dict[str, str], payloads: list[dict], args: argparse
 
 
 def replica_kill(url: str, headers: dict[str, str], payloads: list[dict], args: argparse.Namespace) -> dict[str, Any]:
-    from hrm_platform.serving.app import APP_NAME, DEPLOYMENT_NAME
+    from hrm_platform.serving.app import APP_NAME
+    from hrm_platform.serving.replica import DEPLOYMENT_NAME
 
     victim = the_replica()
     load = BackgroundLoad(url, payloads, args.kill_requests, concurrency=args.concurrency,

@@ -80,8 +80,8 @@ def serve_app(ray_cluster, trained_checkpoint: Path):
     8000), the default (HAProxy) ingress, memory checks every 0.2 s. Tests that change it (limits, model) restore it."""
     import secrets
 
-    from hrm_platform.serving.app import start_server
     from hrm_platform.serving.ingress import free_port
+    from hrm_platform.serving.lifecycle import start_server
 
     token = secrets.token_hex(16)
     os.environ[SERVE_TOKEN_ENV] = token  # start_server hands it to the replicas

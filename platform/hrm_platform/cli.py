@@ -21,7 +21,6 @@ from pathlib import Path
 
 from hrm_platform.config import ConfigError, PlatformConfig, load_config
 
-
 DEMO_PRESET = Path("jobs/configs/demo.yaml")  # relative to the repository root, where `make demo` runs
 
 
@@ -95,7 +94,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not (args.checkpoint / "manifest.json").is_file():
         print(f"hrm serve: {args.checkpoint} is not a checkpoint directory (no manifest.json)", file=sys.stderr)
         return 2
-    from hrm_platform.serving.app import serve_forever
+    from hrm_platform.serving.lifecycle import serve_forever
 
     return serve_forever(args.checkpoint, serve_config)
 

@@ -95,8 +95,8 @@ def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool,
     (the CLI turns `--data` into overrides); the path is passed on to the evaluation."""
     from hrm_platform.evaluation.backtest import evaluate_checkpoint
     from hrm_platform.local_ray import init_local_ray
-    from hrm_platform.serving.app import start_server
     from hrm_platform.serving.export import export_engine
+    from hrm_platform.serving.lifecycle import start_server
     from hrm_platform.training.trainer import run_training
 
     out_dir = out_dir.resolve()

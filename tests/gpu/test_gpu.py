@@ -105,7 +105,7 @@ def test_cleanup_releases_cached_cuda_memory():
 
 @pytest.mark.ray
 def test_serve_with_a_gpu_replica_answers_over_http(serve_app):
-    from hrm_platform.serving.app import start_server
+    from hrm_platform.serving.lifecycle import start_server
 
     gpu_config = serve_app.serve_config.model_copy(update={"replica_gpus": 1.0, "engine_variant": "cuda_graph"})
     try:

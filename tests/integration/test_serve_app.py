@@ -332,8 +332,8 @@ def _wait_for_version(client: httpx.Client, version: str, timeout_s: float = 60.
 
 
 def test_reload_under_load_fails_nothing_and_serves_nothing_stale(client, serve_app, engine, market_bars, second_checkpoint):
-    from hrm_platform.serving.app import reload_checkpoint
     from hrm_platform.serving.engine import InferenceEngine
+    from hrm_platform.serving.lifecycle import reload_checkpoint
 
     new_engine = InferenceEngine.from_checkpoint(second_checkpoint)
     old_version, new_version = engine.model_version, new_engine.model_version
@@ -364,7 +364,7 @@ def test_reload_under_load_fails_nothing_and_serves_nothing_stale(client, serve_
 
 
 def test_reload_to_a_broken_checkpoint_keeps_the_old_model(client, serve_app, engine, market_bars, tmp_path):
-    from hrm_platform.serving.app import reload_checkpoint
+    from hrm_platform.serving.lifecycle import reload_checkpoint
     from hrm_platform.training.checkpoint import CheckpointError
 
     broken = tmp_path / "broken"

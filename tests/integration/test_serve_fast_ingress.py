@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import httpx, ray
     from hrm_platform.config import ServeConfig
     from hrm_platform.local_ray import init_local_ray
-    from hrm_platform.serving.app import start_server
+    from hrm_platform.serving.lifecycle import start_server
     from hrm_platform.serving.engine import InferenceEngine, synthetic_bars
     from hrm_platform.serving.ingress import free_port
     from tests.reliability.harness import listening_sockets

@@ -22,7 +22,7 @@ READY_TIMEOUT_S = 120.0
 @pytest.fixture(scope="session")
 def app_under_test(serve_app) -> AppUnderTest:
     from hrm_platform.data.features import FeatureSpec
-    from hrm_platform.serving.app import reload_checkpoint
+    from hrm_platform.serving.lifecycle import reload_checkpoint
 
     manifest = load_manifest(serve_app.checkpoint)
     app = AppUnderTest(

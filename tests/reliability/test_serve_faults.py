@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hrm_platform.serving.app import APP_NAME, DEPLOYMENT_NAME, reload_checkpoint
+from hrm_platform.serving.app import APP_NAME
+from hrm_platform.serving.lifecycle import reload_checkpoint
+from hrm_platform.serving.replica import DEPLOYMENT_NAME
 from tests.reliability.harness import (
     FAIL_FAST_S,
     BackgroundLoad,
@@ -28,8 +30,8 @@ from tests.reliability.harness import (
     serve_replicas,
     wait_for_replacement,
 )
-from tests.reliability.target import wait_until_serving
 from tests.reliability.tampering import tampered_copy
+from tests.reliability.target import wait_until_serving
 
 pytestmark = pytest.mark.ray
 

@@ -138,7 +138,8 @@ def test_serve_config_yaml_is_a_valid_loopback_config_for_our_builder(config_nam
     from ray.serve.schema import ServeDeploySchema
 
     from deployments.hrm_app import app_builder
-    from hrm_platform.serving.app import DEPLOYMENT_NAME, AppArgs, ReloadConfig
+    from hrm_platform.serving.app import AppArgs
+    from hrm_platform.serving.replica import DEPLOYMENT_NAME, ReloadConfig
 
     path = Path(__file__).resolve().parents[2] / "deployments" / config_name
     config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))

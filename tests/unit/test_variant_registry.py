@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from hrm_platform.config import ConfigError, ServeConfig
-from hrm_platform.serving.app import check_engine_variant, load_served_model
+from hrm_platform.serving.app import check_engine_variant
 from hrm_platform.serving.engine import InferenceEngine, synthetic_bars
 from hrm_platform.serving.export import ExportSettings, export_engine
+from hrm_platform.serving.replica import load_served_model
 from hrm_platform.serving.segment_builds import plain_segment
 from hrm_platform.serving.variants import VARIANTS, Variant, VariantError, register_variant
 
