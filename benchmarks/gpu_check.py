@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
+from hrm_platform.checkpoint import load_checkpoint
 from hrm_platform.config import load_config
 from hrm_platform.data.features import FEATURE_NAMES
 from hrm_platform.model.flops import inference_flops_per_sample, training_flops_per_sample_segment
 from hrm_platform.serving.engine import InferenceEngine, synchronize
 from hrm_platform.serving.export import ExportSettings, compare_engines, held_out_windows
-from hrm_platform.training.checkpoint import load_checkpoint
 from hrm_platform.training.throughput import throughput_figures
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -66,6 +66,7 @@ def make_bodies(bars_needed: int, count: int, seed: int = 0) -> list[bytes]:
 
 def prepare_checkpoint(checkpoint: Path | None) -> Path:
     """The given checkpoint, or a smoke-preset one trained once under runs/bench-serve; exported either way."""
+    from hrm_platform.checkpoint import MANIFEST_FILE
     from hrm_platform.serving.export import export_engine
     from hrm_platform.serving.manifest import SERVING_MANIFEST, serving_dir
 
@@ -73,7 +74,7 @@ def prepare_checkpoint(checkpoint: Path | None) -> Path:
         from hrm_platform.training.local import train_local
 
         checkpoint = REPO_ROOT / "runs" / "bench-serve" / "checkpoint"
-        if not (checkpoint / "manifest.json").is_file():
+        if not (checkpoint / MANIFEST_FILE).is_file():
             print("training a smoke checkpoint for the benchmark ...", flush=True)
             trained = train_local(load_config(REPO_ROOT / "jobs" / "configs" / "smoke.yaml"), checkpoint.parent / "train")
             subprocess.run(["cp", "-r", str(trained), str(checkpoint)], check=True)

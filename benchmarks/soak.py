@@ -81,8 +81,8 @@ def start_app(checkpoint: Path, fast_ingress: bool) -> tuple[str, dict[str, str]
 
 
 def bars_needed(checkpoint: Path) -> int:
+    from hrm_platform.checkpoint import load_manifest
     from hrm_platform.data.features import FeatureSpec
-    from hrm_platform.training.checkpoint import load_manifest
 
     return FeatureSpec.from_dict(load_manifest(checkpoint)["feature_spec"]).bars_needed
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import ray
 import torch
 
+from hrm_platform.checkpoint import load_manifest
 from hrm_platform.config import PlatformConfig, load_config
 from hrm_platform.local_ray import init_local_ray
-from hrm_platform.training.checkpoint import load_manifest
 from hrm_platform.training.local import train_local
 from hrm_platform.training.trainer import run_training
 

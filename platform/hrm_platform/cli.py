@@ -62,8 +62,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from hrm_platform.checkpoint import CheckpointError
     from hrm_platform.evaluation.backtest import evaluate_checkpoint
-    from hrm_platform.training.checkpoint import CheckpointError
 
     try:
         report = evaluate_checkpoint(args.checkpoint, args.out, data_path=args.data)
@@ -75,10 +75,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from hrm_platform.checkpoint import CheckpointError
     from hrm_platform.serving.engine import EngineError
     from hrm_platform.serving.export import export_engine
     from hrm_platform.serving.variants import VariantError
-    from hrm_platform.training.checkpoint import CheckpointError
 
     try:
         report = export_engine(args.checkpoint, variants=args.variants)
@@ -90,9 +90,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from hrm_platform.checkpoint import MANIFEST_FILE
+
     serve_config = _config(args).serve
-    if not (args.checkpoint / "manifest.json").is_file():
-        print(f"hrm serve: {args.checkpoint} is not a checkpoint directory (no manifest.json)", file=sys.stderr)
+    if not (args.checkpoint / MANIFEST_FILE).is_file():
+        print(f"hrm serve: {args.checkpoint} is not a checkpoint directory (no {MANIFEST_FILE})", file=sys.stderr)
         return 2
     from hrm_platform.serving.lifecycle import serve_forever
 

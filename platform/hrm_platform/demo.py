@@ -70,7 +70,7 @@ class DemoSummary:
             f"ACT segments          {burst.mean_segments:.2f} on average of at most {burst.segments_limit}",
             f"checkpoint            {self.checkpoint}",
             f"report and plots      {self.report_dir}/report.md",
-            f"stage times (s)       " + ", ".join(f"{k} {v:.0f}" for k, v in self.stage_seconds.items()),
+            "stage times (s)       " + ", ".join(f"{k} {v:.0f}" for k, v in self.stage_seconds.items()),
             f"try it                {self.curl}",
             "=" * 72,
         ]

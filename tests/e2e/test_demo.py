@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hrm_platform.training.checkpoint import load_manifest
+from hrm_platform.checkpoint import load_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

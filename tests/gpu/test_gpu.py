@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from hrm_platform.checkpoint import load_checkpoint, load_manifest
 from hrm_platform.config import load_config
 from hrm_platform.serving.engine import InferenceEngine, synthetic_bars
 from hrm_platform.serving.export import ExportSettings, compare_engines, held_out_windows
 from hrm_platform.serving.memory_guard import MemoryReader, cleanup
-from hrm_platform.training.checkpoint import load_checkpoint, load_manifest
 from hrm_platform.training.local import train_local
 from tests.training_steps import step_losses
 

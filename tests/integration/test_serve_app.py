@@ -364,8 +364,8 @@ def test_reload_under_load_fails_nothing_and_serves_nothing_stale(client, serve_
 
 
 def test_reload_to_a_broken_checkpoint_keeps_the_old_model(client, serve_app, engine, market_bars, tmp_path):
+    from hrm_platform.checkpoint import CheckpointError
     from hrm_platform.serving.lifecycle import reload_checkpoint
-    from hrm_platform.training.checkpoint import CheckpointError
 
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hrm_platform.training.checkpoint import load_checkpoint, load_manifest
+from hrm_platform.checkpoint import load_checkpoint, load_manifest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

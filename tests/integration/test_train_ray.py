@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hrm_platform.checkpoint import MODEL_FILE, file_sha256, load_checkpoint, load_manifest
 from hrm_platform.config import PlatformConfig, load_config
-from hrm_platform.training.checkpoint import MODEL_FILE, file_sha256, load_checkpoint, load_manifest
 from hrm_platform.training.trainer import TrainingError, TrainingSummary, run_training
 
 pytestmark = pytest.mark.ray

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hrm_platform.training.checkpoint import load_manifest
+from hrm_platform.checkpoint import load_manifest
 from tests.reliability.target import AppUnderTest, wait_until_serving
 
 READY_TIMEOUT_S = 120.0

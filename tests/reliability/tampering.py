@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-MANIFEST = "manifest.json"
+from hrm_platform.checkpoint import MANIFEST_FILE
+
+MANIFEST = MANIFEST_FILE
 WEIGHTS = "model.pt"
 
 
@@ -112,7 +114,7 @@ def plant_pickle_bomb(checkpoint: Path, marker: Path) -> None:
     The hashes are rewritten so that integrity checking passes: only `weights_only=True` loading stands
     between the file and code execution, which is what this tests.
     """
-    from hrm_platform.training.checkpoint import file_sha256
+    from hrm_platform.checkpoint import file_sha256
 
     state = torch.load(checkpoint / WEIGHTS, map_location="cpu", weights_only=True)
     state["payload"] = PickleBomb(marker)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hrm_platform.training.checkpoint import CheckpointError, load_checkpoint, load_manifest
+from hrm_platform.checkpoint import CheckpointError, load_checkpoint, load_manifest
 from tests.reliability.tampering import copy_checkpoint, plant_pickle_bomb
 
 

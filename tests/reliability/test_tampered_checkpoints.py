@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hrm_platform.training.checkpoint import CheckpointError, load_checkpoint, load_manifest, load_model
+from hrm_platform.checkpoint import MANIFEST_FILE, CheckpointError, load_checkpoint, load_manifest, load_model
 from tests.reliability.tampering import TAMPERINGS, tampered_copy
 
 
@@ -57,14 +57,14 @@ def test_state_dict_that_does_not_fit_the_manifest_model_is_refused(trained_chec
 
     import torch
 
-    from hrm_platform.training.checkpoint import file_sha256
+    from hrm_platform.checkpoint import file_sha256
 
     damaged = tampered_copy(trained_checkpoint, tmp_path / "wrong_shape", "missing_weights")
     torch.save({"not_a_layer.weight": torch.zeros(3, 3)}, damaged / "model.pt")
-    manifest = json.loads((damaged / "manifest.json").read_text())
+    manifest = json.loads((damaged / MANIFEST_FILE).read_text())
     manifest["files"]["model.pt"] = file_sha256(damaged / "model.pt")
     manifest["model_version"] = manifest["files"]["model.pt"][:12]
-    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    (damaged / MANIFEST_FILE).write_text(json.dumps(manifest))
 
     load_checkpoint(damaged)  # integrity holds: the file is what the manifest says
     with pytest.raises(CheckpointError, match="does not fit"):

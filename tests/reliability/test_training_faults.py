@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hrm_platform.checkpoint import MANIFEST_FILE, load_checkpoint
 from hrm_platform.config import PlatformConfig
-from hrm_platform.training.checkpoint import load_checkpoint
 
 EXPLOSIVE_LR = 1e30
 SHORT_EPOCH_BATCHES = 4  # the fault needs a finished epoch 1, not a long one
@@ -32,7 +32,7 @@ def _error_location(message: str) -> tuple[int, int]:
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
-    return sorted(path.parent for path in root.rglob("manifest.json"))
+    return sorted(path.parent for path in root.rglob(MANIFEST_FILE))
 
 
 def _assert_no_corrupted_checkpoint(root: Path) -> list[Path]:

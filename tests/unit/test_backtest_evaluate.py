@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
+from hrm_platform.checkpoint import load_model
 from hrm_platform.cli import main as hrm_main
 from hrm_platform.data.dataset import build_datasets
 from hrm_platform.evaluation import backtest
 from hrm_platform.evaluation.backtest import evaluate_checkpoint
-from hrm_platform.training.checkpoint import load_model
 from tests.unit.test_plots import assert_sensible_png
 
 STRATEGIES = {"model", "oracle", "buy_and_hold", "momentum", "flat"}

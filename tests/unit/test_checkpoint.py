@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrm_platform.config import PlatformConfig
-from hrm_platform.data.features import FEATURE_NAMES, LOOKBACK, FeatureSpec, FeatureStats
-from hrm_platform.training.checkpoint import (
+from hrm_platform.checkpoint import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -22,6 +20,8 @@ from hrm_platform.training.checkpoint import (
     load_manifest,
     save_checkpoint,
 )
+from hrm_platform.config import PlatformConfig
+from hrm_platform.data.features import FEATURE_NAMES, LOOKBACK, FeatureSpec, FeatureStats
 
 
 def _feature_spec(window: int = 8) -> FeatureSpec:
@@ -216,8 +216,8 @@ def test_manifest_is_strict_json(tmp_path: Path) -> None:
 
 
 def test_load_model_rebuilds_the_same_hrm_in_eval_mode(tmp_path: Path) -> None:
+    from hrm_platform.checkpoint import load_model
     from hrm_platform.model.hrm import HRM
-    from hrm_platform.training.checkpoint import load_model
 
     config = PlatformConfig()
     config.model.d_model, config.model.n_heads = 16, 2
@@ -238,7 +238,7 @@ def test_load_model_rebuilds_the_same_hrm_in_eval_mode(tmp_path: Path) -> None:
 
 
 def test_weights_that_do_not_fit_the_described_model_are_refused(tmp_path: Path) -> None:
-    from hrm_platform.training.checkpoint import load_model
+    from hrm_platform.checkpoint import load_model
 
     checkpoint = _save(tmp_path / "ckpt", model_state={"not_a_layer.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match=f"{MODEL_FILE} does not fit the model its manifest describes"):

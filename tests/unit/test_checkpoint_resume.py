@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from hrm_platform.checkpoint import CheckpointError, load_checkpoint, load_manifest
 from hrm_platform.config import PlatformConfig
 from hrm_platform.model.act import SegmentStepMetrics
 from hrm_platform.training import epoch as epoch_module
-from hrm_platform.training.checkpoint import CheckpointError, load_checkpoint, load_manifest
 from hrm_platform.training.epoch import NonFiniteLossError
 from hrm_platform.training.local import train_local
 from hrm_platform.training.state import lr_factor

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from hrm_platform.actions import ACTIONS
+from hrm_platform.checkpoint import MANIFEST_FILE, load_model
 from hrm_platform.data.dataset import build_datasets
 from hrm_platform.model.act import predict
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import EngineError, InferenceEngine, LatencyModel
 from hrm_platform.serving.export import held_out_windows
-from hrm_platform.training.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_tampered_checkpoint_is_refused(trained_checkpoint, tmp_path):
     import shutil
 
     copy = Path(shutil.copytree(trained_checkpoint, tmp_path / "ckpt"))
-    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
     weights = copy / "model.pt"
     weights.write_bytes(weights.read_bytes()[:-16] + bytes(16))
     with pytest.raises(EngineError, match="integrity"):

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from hrm_platform.checkpoint import MANIFEST_FILE, file_sha256
 from hrm_platform.cli import main
 from hrm_platform.serving import export as export_module
 from hrm_platform.serving.engine import EngineError, InferenceEngine
 from hrm_platform.serving.export import ExportSettings, export_engine
 from hrm_platform.serving.manifest import SERVING_MANIFEST, serving_dir
-from hrm_platform.training.checkpoint import file_sha256
 
 QUICK = ExportSettings(repeats_batch1=5, repeats_batch32=2, measure_ready=False)
 
@@ -30,7 +30,7 @@ def test_cli_export_prints_table_writes_verifiable_manifest_and_replica_loads_ch
     assert "variant" in table and "jit_int8" in table and "chosen:" in table
 
     manifest = json.loads((serving_dir(checkpoint_copy) / SERVING_MANIFEST).read_text())
-    model_manifest = json.loads((checkpoint_copy / "manifest.json").read_text())
+    model_manifest = json.loads((checkpoint_copy / MANIFEST_FILE).read_text())
     assert manifest["model_version"] == model_manifest["model_version"]
     chosen = manifest["chosen"]
     figures = manifest["variants"]

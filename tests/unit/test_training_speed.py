@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hrm_platform.checkpoint import load_manifest
 from hrm_platform.data.features import FEATURE_NAMES
 from hrm_platform.model.flops import training_flops_per_sample_segment
-from hrm_platform.training.checkpoint import load_manifest
 from hrm_platform.training.local import train_local
 from hrm_platform.training.state import build_model, new_training_run
 from tests.training_steps import N_FEATURES, step_losses

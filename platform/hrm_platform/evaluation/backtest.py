@@ -308,10 +308,10 @@ def evaluate_checkpoint(checkpoint: Path, out_dir: Path, data_path: Path | None 
     `data_path`, that OHLCV file split the same way. Features are normalised with the checkpoint's stored
     statistics either way, exactly as serving does.
     """
+    from hrm_platform.checkpoint import load_model
     from hrm_platform.config import validate_config
     from hrm_platform.data.dataset import build_datasets
     from hrm_platform.evaluation.report import write_report
-    from hrm_platform.training.checkpoint import load_model
 
     model, loaded = load_model(checkpoint)
     config = loaded.config

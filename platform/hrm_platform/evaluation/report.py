@@ -15,8 +15,8 @@ from hrm_platform.evaluation import metrics, plots
 from hrm_platform.evaluation.backtest import BacktestResult
 
 if TYPE_CHECKING:
+    from hrm_platform.checkpoint import LoadedCheckpoint
     from hrm_platform.config import DataConfig
-    from hrm_platform.training.checkpoint import LoadedCheckpoint
 
 STRATEGY_ORDER = ("model", "oracle", "buy_and_hold", "momentum", "flat")
 PLOT_FILES = {

@@ -32,13 +32,13 @@ import torch
 from torch import Tensor
 
 from hrm_platform.actions import ACTIONS, target_positions
+from hrm_platform.checkpoint import CheckpointError, load_model
 from hrm_platform.config import ServeConfig
 from hrm_platform.data.features import FeatureSpec, window_from_bars
 from hrm_platform.model.act import ActResult, act_inference
 from hrm_platform.model.hrm import HRM
 from hrm_platform.serving.manifest import ManifestError, exported_choice, read_serving_manifest, verified_artefacts
 from hrm_platform.serving.variants import VariantError, build_act_runner, engine_model, load_segment, variant_info
-from hrm_platform.training.checkpoint import CheckpointError, load_model
 
 logger = logging.getLogger(__name__)
 

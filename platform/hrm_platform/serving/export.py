@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hrm_platform.checkpoint import LoadedCheckpoint, file_sha256, load_model
 from hrm_platform.data.dataset import build_datasets
 from hrm_platform.model.hrm import HRM
 from hrm_platform.serving.engine import InferenceEngine, example_segment_inputs, synchronize
@@ -50,7 +51,6 @@ from hrm_platform.serving.variants import (
     variant_info,
     variants_for_device,
 )
-from hrm_platform.training.checkpoint import LoadedCheckpoint, file_sha256, load_model
 
 logger = logging.getLogger(__name__)
 

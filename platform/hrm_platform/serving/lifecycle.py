@@ -17,13 +17,13 @@ from typing import Any
 
 from ray import serve
 
+from hrm_platform.checkpoint import load_manifest
 from hrm_platform.config import ServeConfig
 from hrm_platform.local_ray import init_local_ray
 from hrm_platform.serving.app import APP_NAME, application_config, check_engine_variant
 from hrm_platform.serving.ingress import ingress_env
 from hrm_platform.serving.memory_guard import stop_memory_guard
 from hrm_platform.serving.replica import DEPLOYMENT_NAME
-from hrm_platform.training.checkpoint import load_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from hrm_platform.checkpoint import file_sha256
 from hrm_platform.serving.variants import variant_info
-from hrm_platform.training.checkpoint import file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from hrm_platform.checkpoint import MANIFEST_FILE
 from hrm_platform.config import ServeConfig
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import InferenceEngine, Prediction
@@ -87,7 +88,7 @@ def load_served_model(checkpoint: Path, serve_config: ServeConfig) -> ServedMode
         torch_threads=serve_config.torch_threads,
         graph_buckets=serve_config.cuda_graph_buckets,
     )
-    manifest = json.loads((Path(checkpoint) / "manifest.json").read_text())  # verified by from_checkpoint
+    manifest = json.loads((Path(checkpoint) / MANIFEST_FILE).read_text())  # verified by from_checkpoint
     summary = ModelSummary(
         model_version=engine.model_version,
         variant=engine.variant,

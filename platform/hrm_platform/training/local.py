@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from hrm_platform.checkpoint import MANIFEST_FILE, load_checkpoint, load_manifest
 from hrm_platform.config import PlatformConfig
 from hrm_platform.data.dataset import build_datasets
 from hrm_platform.training.batches import batches_per_epoch, make_sampler
-from hrm_platform.training.checkpoint import load_checkpoint, load_manifest
 from hrm_platform.training.collective import Collective
 from hrm_platform.training.fit import ProgressFn, checkpoint_score, fit
 from hrm_platform.training.resume import checkpoint_name, resume_from, seed_rank, write_checkpoint
@@ -63,7 +63,7 @@ def _device(config: PlatformConfig) -> torch.device:
 
 def _checkpoints(out_dir: Path) -> list[Path]:
     """Complete checkpoints (a manifest is written last), oldest epoch first."""
-    return sorted(path for path in out_dir.glob("epoch_*") if (path / "manifest.json").is_file())
+    return sorted(path for path in out_dir.glob("epoch_*") if (path / MANIFEST_FILE).is_file())
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

@@ -19,10 +19,10 @@ import ray.train
 import ray.train.torch
 import torch
 
+from hrm_platform.checkpoint import load_checkpoint
 from hrm_platform.config import PlatformConfig, validate_config
 from hrm_platform.data.dataset import DatasetBundle, build_datasets
 from hrm_platform.training.batches import batches_per_epoch, make_sampler
-from hrm_platform.training.checkpoint import load_checkpoint
 from hrm_platform.training.collective import Collective
 from hrm_platform.training.epoch import NonFiniteLossError
 from hrm_platform.training.fit import fit

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hrm_platform.checkpoint import CheckpointError, LoadedCheckpoint, save_checkpoint
 from hrm_platform.config import PlatformConfig
 from hrm_platform.data.features import FeatureSpec
 from hrm_platform.model.hrm import unwrap_model
-from hrm_platform.training.checkpoint import CheckpointError, LoadedCheckpoint, save_checkpoint
 from hrm_platform.training.state import TrainingRun
 
 

@@ -24,9 +24,9 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from hrm_platform.checkpoint import load_manifest
 from hrm_platform.config import PlatformConfig, TrainConfig
 from hrm_platform.local_ray import init_local_ray
-from hrm_platform.training.checkpoint import load_manifest
 from hrm_platform.training.fit import SCORE_METRIC, checkpoint_score
 from hrm_platform.training.loop import FAILURE_KEY, loop_config, train_loop_per_worker
 
