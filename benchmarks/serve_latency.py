@@ -238,8 +238,8 @@ def uvicorn_app(checkpoint: Path):
     async def predict(request: PredictRequest) -> dict:
         bars = request.bars_array()
         check_bars(bars, engine.bars_needed, 4096)
-        prediction = engine.predict_bars([bars], [request.max_segments], [request.position])[0]
-        return asdict(prediction)
+        prediction = engine.predict_bars([bars], [request.max_segments])[0]
+        return {**asdict(prediction), "trade": prediction.target_position - request.position}
 
     return api
 
@@ -268,8 +268,8 @@ def naive_deployment(checkpoint: Path):
         @api.post("/v1/predict")
         def predict(self, request: dict) -> dict:
             bars = np.asarray(request["bars"], dtype=np.float64)
-            prediction = self.engine.predict_bars([bars], [None], [request.get("position", 0.0)])[0]
-            return asdict(prediction)
+            prediction = self.engine.predict_bars([bars], [None])[0]
+            return {**asdict(prediction), "trade": prediction.target_position - request.get("position", 0.0)}
 
     return NaiveHRM.bind(str(checkpoint))
 

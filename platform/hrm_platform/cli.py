@@ -66,7 +66,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hrm_platform.evaluation.backtest import evaluate_checkpoint
 
     try:
-        report = evaluate_checkpoint(args.checkpoint, args.out, data_path=args.data)
+        report = evaluate_checkpoint(args.checkpoint, args.out, data_path=args.data, overrides=args.overrides)
     except (CheckpointError, ValueError) as error:  # unreadable checkpoint, OHLCVError, too few bars for the split
         print(f"hrm evaluate: {error}", file=sys.stderr)
         return 2
@@ -156,6 +156,10 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     evaluate.add_argument("--data", type=Path, default=None, help="OHLCV CSV/Parquet instead of the synthetic market")
     evaluate.add_argument("--out", type=Path, default=Path("artifacts/eval"))
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="section.key=value",
+        help="eval.* and data.* changes for this evaluation, e.g. eval.cost_bps=5 data.bars_per_year=252",
+    )
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     export = commands.add_parser("export", help="measure engine variants and write the serving manifest")

@@ -77,8 +77,8 @@ class ModelConfig(_Strict):
         le=1,
         description="epsilon of ACT exploration: share of training samples forced to run uniform{2..M} segments "
         "before they may halt. Each batch runs to M segments anyway while any sample is still active, so a high "
-        "epsilon costs no time and supervises the later segments on every kind of sample (at 0.1 they stay "
-        "undertrained and score below segment 1)",
+        "epsilon costs no time and supervises the later segments on every kind of sample (at a low epsilon they "
+        "stay undertrained: README, Model)",
     )
     rope_base: float = 10000.0
     share_parameters: bool = Field(False, description="H and L use one stack of blocks")
@@ -169,13 +169,19 @@ class ServeConfig(_Strict):
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(
         0.0, ge=0, description="how long a batch waits to fill; 0 = take what queued while the engine was busy "
-        "(a 2 ms wait added its 2 ms to p50 at concurrency 1 and did not raise throughput at 32 here)",
+        "(a wait adds itself to p50 at concurrency 1; the README's benchmark found no throughput gain at 32)",
     )
     cache_size: int = Field(1000, ge=0, description="entries per replica; 0 disables the cache")
     cache_ttl_s: float = Field(2.0, gt=0)
-    memory_limit_gb: float = Field(4.0, gt=0, description="hard limit per replica (seed NFR1.3)")
+    memory_limit_gb: float = Field(4.0, gt=0, description="hard limit per replica")
     memory_soft_fraction: float = Field(0.85, gt=0, lt=1, description="cleanup above this share of the limit")
     memory_check_interval_s: float = Field(1.0, gt=0)
+    memory_stale_after_s: float = Field(60.0, gt=0, description="the guard forgets a replica silent this long")
+    memory_cleanup_cooldown_s: float = Field(
+        10.0, ge=0, description="least seconds between a replica's cleanups above the soft threshold"
+    )
+    guard_timeout_s: float = Field(2.0, gt=0, description="how long /v1/health waits for the guard's snapshot")
+    start_timeout_s: float = Field(180.0, gt=0, description="how long `start_server` waits for the app to run")
     request_timeout_s: float = Field(
         2.5, gt=0, description="Serve's proxy answers 408 after this; requests fail fast while no replica is alive"
     )
@@ -185,14 +191,14 @@ class ServeConfig(_Strict):
     access_log: bool = Field(True, description="Serve's per-request access log lines")
     fast_ingress: bool = Field(
         True,
-        description="Ray's HAProxy ingress + throughput-optimised data plane (p50 ~3 ms instead of ~14 ms here); "
+        description="Ray's HAProxy ingress + throughput-optimised data plane (README: HTTP API has the p50 of both); "
         "false = Serve's Python proxy. Read when Serve starts on a cluster (serving/ingress.py)",
     )
     ingress_metrics: bool = Field(
         False,
         description="with fast_ingress: Serve's per-request HTTP metrics from HAProxy (serve_num_http_requests, "
         "serve_http_request_latency_ms). Each request then also passes through a Python log collector; off, "
-        "c=32 throughput was 1.2-1.9x higher here. The replicas' hrm_* metrics are exported either way",
+        "throughput at c=32 is higher (README, Benchmarks). The replicas' hrm_* metrics are exported either way",
     )
 
     @model_validator(mode="after")
@@ -209,6 +215,21 @@ class ServeConfig(_Strict):
         return self
 
 
+class ExportConfig(_Strict):
+    """`hrm export`: the checks a variant must pass and how its speed is measured."""
+
+    min_agreement: float = Field(0.99, gt=0, le=1, description="share of actions equal to eager fp32's")
+    max_probability_diff: float = Field(0.05, ge=0, description="largest probability difference at M segments")
+    max_ready_s: float = Field(15.0, gt=0, description="a fresh replica's start budget on a quiet machine")
+    max_ready_vs_eager: float = Field(
+        2.0, gt=0, description="... or this multiple of eager fp32's start measured beside it (a loaded machine)"
+    )
+    eval_windows: int = Field(512, ge=1, description="held-out windows for the agreement check")
+    repeats_batch1: int = Field(40, ge=1)
+    repeats_batch32: int = Field(8, ge=1)
+    measure_ready: bool = Field(True, description="time a fresh process loading each passing variant")
+
+
 class EvalConfig(_Strict):
     """Backtest settings."""
 
@@ -221,6 +242,7 @@ class PlatformConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
@@ -230,6 +252,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for override in overrides:
         _apply_override(raw, override)
     return validate_config(raw, source=str(path) if path else "defaults")
+
+
+def with_overrides(config: PlatformConfig, overrides: list[str] | tuple[str, ...], source: str) -> PlatformConfig:
+    """`config` with `key.sub=value` overrides applied, validated as a whole."""
+    raw = config.model_dump(mode="json")
+    for override in overrides:
+        _apply_override(raw, override)
+    return validate_config(raw, source=source)
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> PlatformConfig:

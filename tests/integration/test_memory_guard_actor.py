@@ -29,12 +29,12 @@ def guard_name(ray_cluster):
 def test_actor_reports_directives_and_set_limit_changes_them(guard_name):
     import ray
 
-    guard = connect_memory_guard(1.0, 0.5, name=guard_name, namespace="hrm-test")
+    guard = connect_memory_guard(1.0, 0.5, 60.0, name=guard_name, namespace="hrm-test")
     assert ray.get(guard.register.remote("replica-a")) == "ok"
     assert ray.get(guard.report.remote("replica-a", 100 * MIB)) == "ok"
     assert ray.get(guard.report.remote("replica-b", 600 * MIB)) == "cleanup"
 
-    same_guard = connect_memory_guard(8.0, name=guard_name, namespace="hrm-test")  # gets the existing one
+    same_guard = connect_memory_guard(8.0, 0.85, 60.0, name=guard_name, namespace="hrm-test")  # gets the existing one
     assert ray.get(same_guard.directive.remote("replica-b")) == "cleanup"
     assert ray.get(same_guard.snapshot.remote())["limit_bytes"] == 1 * GIB  # creation args ignored
 
@@ -48,8 +48,8 @@ def test_actor_reports_directives_and_set_limit_changes_them(guard_name):
 def test_monitor_with_real_readings_cleans_up_sheds_and_recovers(guard_name):
     import ray
 
-    guard = connect_memory_guard(4.0, 0.85, name=guard_name, namespace="hrm-test")
-    monitor = ReplicaMemoryMonitor(guard, "driver", reader=MemoryReader(use_gpu=False))
+    guard = connect_memory_guard(4.0, 0.85, 60.0, name=guard_name, namespace="hrm-test")
+    monitor = ReplicaMemoryMonitor(guard, "driver", cleanup_cooldown_s=10.0, reader=MemoryReader(use_gpu=False))
     cache = PredictionCache(maxsize=16, ttl_s=60)
     cache.put("k", 1)
     assert monitor.check(cache=cache) == "ok" and cache.stats()["size"] == 1

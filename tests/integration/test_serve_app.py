@@ -56,7 +56,7 @@ def health(client: httpx.Client) -> dict:
     return response.json()
 
 
-def assert_same_decision(answer: dict, prediction, tolerance: float = 1e-5) -> None:
+def assert_same_decision(answer: dict, prediction, position: float = 0.0, tolerance: float = 1e-5) -> None:
     assert answer["action"] == prediction.action
     assert answer["segments"] == prediction.segments
     assert answer["quantity"] == pytest.approx(prediction.quantity, abs=tolerance)
@@ -64,7 +64,7 @@ def assert_same_decision(answer: dict, prediction, tolerance: float = 1e-5) -> N
     for name, probability in prediction.probabilities.items():
         assert answer["probabilities"][name] == pytest.approx(probability, abs=tolerance)
     assert answer["target_position"] == pytest.approx(prediction.target_position, abs=tolerance)
-    assert answer["trade"] == pytest.approx(prediction.trade, abs=tolerance)
+    assert answer["trade"] == pytest.approx(prediction.target_position - position, abs=tolerance)
 
 
 # ------------------------------------------------------------------------------------------- answers
@@ -72,14 +72,14 @@ def assert_same_decision(answer: dict, prediction, tolerance: float = 1e-5) -> N
 
 def test_prediction_equals_bare_engine_then_repeat_is_cached(client, engine, market_bars):
     bars = market_bars[0]
-    expected = engine.predict_bars([bars], [None], [0.25])[0]
+    expected = engine.predict_bars([bars], [None])[0]
 
     first = predict(client, bars, position=0.25)
     assert first.status_code == 200, first.text
     first = first.json()
     assert first["cached"] is False
     assert first["model_version"] == engine.model_version
-    assert_same_decision(first, expected)
+    assert_same_decision(first, expected, position=0.25)
 
     again = predict(client, bars, position=0.25).json()
     assert again["cached"] is True
@@ -93,7 +93,7 @@ def test_prediction_equals_bare_engine_then_repeat_is_cached(client, engine, mar
     assert as_columns["action"] == first["action"]
 
     other_position = predict(client, bars, position=-0.5).json()
-    assert other_position["cached"] is False  # the position is part of the key: trade depends on it
+    assert other_position["cached"] is True  # the decision does not depend on the position: one entry serves all
     assert other_position["trade"] == pytest.approx(expected.target_position + 0.5, abs=1e-5)
 
 
@@ -112,13 +112,16 @@ def test_a_lone_miss_is_computed_inline_and_concurrent_misses_share_engine_calls
     assert alone["cached"] is False
     assert after_alone["inline"] == before["inline"] + 1 and after_alone["batched"] == before["batched"]
 
-    positions = [0.01 * (i + 1) for i in range(32)]  # distinct cache keys: all misses
+    positions = [0.01 * (i + 1) for i in range(32)]
+    # Distinct bars, never requested before: every request is a miss (the position is not part of the key).
+    frame = generate_market(1, 600, seed=6, horizon=4).bars["SYN00"][list(BAR_COLUMNS)].to_numpy()
+    burst_bars = [frame[start : start + engine.bars_needed] for start in range(0, 32 * 15, 15)]
 
     async def burst() -> list[dict]:
         async with httpx.AsyncClient(base_url=serve_app.url, headers=serve_app.headers, timeout=60.0) as http:
             responses = await asyncio.gather(*(
-                http.post("/v1/predict", json={"bars": market_bars[3].tolist(), "position": position})
-                for position in positions
+                http.post("/v1/predict", json={"bars": bars.tolist(), "position": position})
+                for bars, position in zip(burst_bars, positions)
             ))
         return [response.json() for response in responses]
 
@@ -129,16 +132,16 @@ def test_a_lone_miss_is_computed_inline_and_concurrent_misses_share_engine_calls
     engine_calls_used = after_burst["inline"] - after_alone["inline"] + after_burst["batched"] - after_alone["batched"]
     assert batched_rows > 1 and after_burst["largest_batch"] > 1, after_burst
     assert engine_calls_used < len(positions), after_burst  # concurrent misses shared engine calls
-    expected = engine.predict_bars([market_bars[3]] * len(positions), [None] * len(positions), positions)
-    for answer, prediction in zip(answers, expected):
-        assert_same_decision(answer, prediction)
+    expected = engine.predict_bars(burst_bars, [None] * len(positions))
+    for answer, prediction, position in zip(answers, expected, positions):
+        assert_same_decision(answer, prediction, position=position)
 
 
 def test_segment_budget_and_deadline(client, engine, market_bars):
     bars = market_bars[1]
     one_segment = predict(client, bars, max_segments=1).json()
     assert one_segment["segments"] == 1
-    assert_same_decision(one_segment, engine.predict_bars([bars], [1], [0.0])[0])
+    assert_same_decision(one_segment, engine.predict_bars([bars], [1])[0])
 
     capped = predict(client, bars, max_segments=engine.max_segments + 5).json()
     assert 1 <= capped["segments"] <= engine.max_segments
@@ -153,10 +156,10 @@ def test_batch_route_matches_single_requests(client, engine, market_bars):
     response = client.post("/v1/predict/batch", json=body)
     assert response.status_code == 200, response.text
     answers = response.json()["responses"]
-    expected = engine.predict_bars(bars, [None] * 4, [0.1 * i for i in range(4)])
+    expected = engine.predict_bars(bars, [None] * 4)
     assert len(answers) == 4
-    for answer, prediction in zip(answers, expected):
-        assert_same_decision(answer, prediction)
+    for i, (answer, prediction) in enumerate(zip(answers, expected)):
+        assert_same_decision(answer, prediction, position=0.1 * i)
 
 
 def test_health_and_model_describe_the_served_checkpoint(client, engine, serve_app):
@@ -356,7 +359,7 @@ def test_reload_under_load_fails_nothing_and_serves_nothing_stale(client, serve_
         for index, bars in enumerate(market_bars[:6]):
             answer = predict(client, bars).json()
             assert answer["model_version"] == new_version
-            assert_same_decision(answer, new_engine.predict_bars([bars], [None], [0.0])[0])
+            assert_same_decision(answer, new_engine.predict_bars([bars], [None])[0])
         assert health(client)["reload_error"] is None
     finally:
         reload_checkpoint(serve_app.checkpoint)

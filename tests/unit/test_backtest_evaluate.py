@@ -92,3 +92,21 @@ def test_cli_evaluates_an_ohlcv_file_without_an_oracle(trained_checkpoint, evalu
     synthetic = evaluation.metrics["portfolio"]
     assert written["portfolio"]["model"]["pnl"] == pytest.approx(synthetic["model"]["pnl"], abs=1e-9)
     assert written["portfolio"]["momentum"]["sharpe"] == pytest.approx(synthetic["momentum"]["sharpe"], abs=1e-9)
+
+
+def test_cli_evaluate_takes_eval_and_data_overrides(trained_checkpoint, evaluation, tmp_path, capsys):
+    out_dir = tmp_path / "costly"
+    assert hrm_main(["evaluate", "--checkpoint", str(trained_checkpoint), "--out", str(out_dir),
+                     "eval.cost_bps=50"]) == 0
+    written = json.loads((out_dir / "metrics.json").read_text())
+    assert written["costs"]["cost_bps"] == 50.0
+    default_cost = evaluation.metrics["costs"]["cost_bps"]
+    assert default_cost < 50.0
+    # The same decisions, charged more per unit of turnover: the model's PnL falls by the extra cost.
+    model, base = written["portfolio"]["model"], evaluation.metrics["portfolio"]["model"]
+    assert model["turnover"] == pytest.approx(base["turnover"])
+    assert model["pnl"] < base["pnl"]
+
+    assert hrm_main(["evaluate", "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path / "no"),
+                     "model.d_model=64"]) == 2
+    assert "change only eval.* and data.*; refused: model.d_model=64" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def _bars(seed: int = 0, n: int = 40) -> np.ndarray:
 
 def test_hit_returns_the_stored_value_and_counts():
     cache = PredictionCache(maxsize=4, ttl_s=10)
-    key = cache.make_key("abc123", _bars(), 0.0, None)
+    key = cache.make_key("abc123", _bars(), None)
     assert cache.get(key) is None
     cache.put(key, {"action": "buy", "quantity": 0.4})
     assert cache.get(key) == {"action": "buy", "quantity": 0.4}
@@ -61,17 +61,16 @@ def test_lru_eviction_drops_least_recently_used_and_counts():
     assert stats["size"] == 2
 
 
-def test_key_changes_with_model_version_position_budget_and_bars():
+def test_key_changes_with_model_version_budget_and_bars():
     bars = _bars()
-    base = PredictionCache.make_key("v1", bars, 0.0, 3)
-    assert PredictionCache.make_key("v1", bars.copy(), 0.0, 3) == base
+    base = PredictionCache.make_key("v1", bars, 3)
+    assert PredictionCache.make_key("v1", bars.copy(), 3) == base
     others = {
-        "model_version": PredictionCache.make_key("v2", bars, 0.0, 3),
-        "position": PredictionCache.make_key("v1", bars, 0.5, 3),
-        "budget": PredictionCache.make_key("v1", bars, 0.0, 2),
-        "no budget": PredictionCache.make_key("v1", bars, 0.0, None),
-        "bars": PredictionCache.make_key("v1", _bars(seed=1), 0.0, 3),
-        "fewer bars": PredictionCache.make_key("v1", bars[1:], 0.0, 3),
+        "model_version": PredictionCache.make_key("v2", bars, 3),
+        "budget": PredictionCache.make_key("v1", bars, 2),
+        "no budget": PredictionCache.make_key("v1", bars, None),
+        "bars": PredictionCache.make_key("v1", _bars(seed=1), 3),
+        "fewer bars": PredictionCache.make_key("v1", bars[1:], 3),
     }
     for name, key in others.items():
         assert key != base, name
@@ -82,9 +81,9 @@ def test_key_is_layout_independent():
     bars = _bars()
     fortran = np.asfortranarray(bars)
     as_list = bars.tolist()
-    key = PredictionCache.make_key("v1", bars, 0.0, None)
-    assert PredictionCache.make_key("v1", fortran, 0.0, None) == key
-    assert PredictionCache.make_key("v1", np.asarray(as_list), 0.0, None) == key
+    key = PredictionCache.make_key("v1", bars, None)
+    assert PredictionCache.make_key("v1", fortran, None) == key
+    assert PredictionCache.make_key("v1", np.asarray(as_list), None) == key
 
 
 def test_clear_drops_entries_but_keeps_counters():

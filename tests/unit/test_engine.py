@@ -16,6 +16,7 @@ from hrm_platform.model.act import predict
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import EngineError, InferenceEngine, LatencyModel
 from hrm_platform.serving.export import held_out_windows
+from hrm_platform.serving.schemas import decision_response
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,6 @@ def test_bad_budgets_and_bars_are_refused_with_the_request_named(eager_engine, h
         eager_engine.predict_bars([bars[-10:]])
     with pytest.raises(ValueError, match="2 budgets for 1 requests"):
         eager_engine.predict_bars([bars], budgets=[1, 2])
-    with pytest.raises(ValueError, match="1 positions for 2 requests"):
-        eager_engine.predict_bars([bars, bars], positions=[0.0])
 
 
 def test_deadline_maps_to_fewer_segments_when_tighter(eager_engine):
@@ -94,25 +93,30 @@ def test_deadline_maps_to_fewer_segments_when_tighter(eager_engine):
 
 
 def test_position_sets_the_trade_not_the_decision(eager_engine, held_out):
+    """The engine's decision is position-free; the HTTP answer's trade is target - position."""
     bars = _bars_for(held_out, 5)
-    flat, long_, short = eager_engine.predict_bars([bars] * 3, positions=[0.0, 0.5, -0.25])
-    assert flat.probabilities == long_.probabilities == short.probabilities
-    direction = {"hold": 0.0, "buy": 1.0, "sell": -1.0}[flat.action]
-    assert flat.target_position == pytest.approx(direction * flat.quantity)
-    for prediction in (flat, long_, short):
-        assert prediction.trade == pytest.approx(prediction.target_position - prediction.position)
-    assert (long_.position, short.position) == (0.5, -0.25)
+    decision = eager_engine.predict_bars([bars])[0]
+    direction = {"hold": 0.0, "buy": 1.0, "sell": -1.0}[decision.action]
+    assert decision.target_position == pytest.approx(direction * decision.quantity)
+    answers = [
+        decision_response(decision, position=position, cached=False, model_version="v", latency_ms=1.0)
+        for position in (0.0, 0.5, -0.25)
+    ]
+    assert {answer.action for answer in answers} == {decision.action}
+    for answer, position in zip(answers, (0.0, 0.5, -0.25)):
+        assert answer.target_position == decision.target_position
+        assert answer.trade == pytest.approx(decision.target_position - position)
 
 
 def test_cached_answer_equals_uncached(eager_engine, held_out):
     cache = PredictionCache(maxsize=16, ttl_s=60)
-    bars, position, budget = _bars_for(held_out, 7), 0.25, 2
-    key = cache.make_key(eager_engine.model_version, bars, position, budget)
+    bars, budget = _bars_for(held_out, 7), 2
+    key = cache.make_key(eager_engine.model_version, bars, budget)
     assert cache.get(key) is None
-    computed = eager_engine.predict_bars([bars], [budget], [position])[0]
+    computed = eager_engine.predict_bars([bars], [budget])[0]
     cache.put(key, computed)
-    cached = cache.get(cache.make_key(eager_engine.model_version, bars.copy(), position, budget))
-    fresh = eager_engine.predict_bars([bars], [budget], [position])[0]
+    cached = cache.get(cache.make_key(eager_engine.model_version, bars.copy(), budget))
+    fresh = eager_engine.predict_bars([bars], [budget])[0]
     assert cached == fresh
     assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
 

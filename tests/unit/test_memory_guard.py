@@ -40,15 +40,15 @@ def test_policy_hysteresis_keeps_shedding_until_under_soft_threshold():
 
 
 def test_policy_defaults_to_four_gib_from_gb_and_rejects_bad_values():
-    assert MemoryPolicy.from_gb(4.0).limit_bytes == 4 * GIB
+    assert MemoryPolicy.from_gb(4.0, 0.85).limit_bytes == 4 * GIB
     with pytest.raises(ValueError, match="limit"):
-        MemoryPolicy(limit_bytes=0)
+        MemoryPolicy(limit_bytes=0, soft_fraction=0.85)
     with pytest.raises(ValueError, match="soft_fraction"):
         MemoryPolicy(limit_bytes=10, soft_fraction=1.0)
 
 
 def test_guard_tracks_replicas_and_set_limit_changes_directives():
-    guard = MemoryGuard(limit_gb=1.0, soft_fraction=0.5)
+    guard = MemoryGuard(limit_gb=1.0, soft_fraction=0.5, stale_after_s=60.0)
     assert guard.register("a") == "ok"
     assert guard.report("a", 100 * MIB) == "ok"
     assert guard.report("b", 700 * MIB) == "cleanup"
@@ -65,13 +65,13 @@ def test_guard_tracks_replicas_and_set_limit_changes_directives():
 
 
 def test_guard_uses_gpu_bytes_when_reported():
-    guard = MemoryGuard(limit_gb=1.0, soft_fraction=0.5)
+    guard = MemoryGuard(limit_gb=1.0, soft_fraction=0.5, stale_after_s=60.0)
     assert guard.report("gpu", rss_bytes=5 * GIB, gpu_bytes=100 * MIB) == "ok"
     assert guard.report("gpu", rss_bytes=100 * MIB, gpu_bytes=2 * GIB) == "shed"
 
 
 def test_guard_forgets_silent_replicas(monkeypatch):
-    guard = MemoryGuard(limit_gb=1.0, stale_after_s=5)
+    guard = MemoryGuard(limit_gb=1.0, soft_fraction=0.85, stale_after_s=5)
     guard.report("old", 1)
     import hrm_platform.serving.memory_guard as module
 
@@ -137,10 +137,10 @@ def test_monitor_cleans_up_on_cleanup_and_shed_with_cooldown(monkeypatch):
     import ray
 
     monkeypatch.setattr(ray, "get", lambda value: value)
-    guard = MemoryGuard(limit_gb=1.0, soft_fraction=0.5)
+    guard = MemoryGuard(limit_gb=1.0, soft_fraction=0.5, stale_after_s=60.0)
     reader = _FixedReader(600 * MIB)
     cache = PredictionCache(maxsize=8, ttl_s=60)
-    monitor = ReplicaMemoryMonitor(_LocalHandle(guard), "r1", reader=reader, cleanup_cooldown_s=3600)
+    monitor = ReplicaMemoryMonitor(_LocalHandle(guard), "r1", cleanup_cooldown_s=3600, reader=reader)
     cache.put("a", 1)
     assert monitor.check(cache=cache) == "cleanup"
     assert (monitor.cleanups, cache.stats()["size"], monitor.shedding) == (1, 0, False)

@@ -34,6 +34,7 @@ of the instruments' net returns there (positions are fractions of each instrumen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -301,27 +302,32 @@ def run_backtest(
     )
 
 
-def evaluate_checkpoint(checkpoint: Path, out_dir: Path, data_path: Path | None = None) -> EvaluationReport:
+EVALUATION_OVERRIDE_SECTIONS = ("eval", "data")  # the model and its training are the checkpoint's
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, out_dir: Path, data_path: Path | None = None, overrides: Sequence[str] = ()
+) -> EvaluationReport:
     """Backtest `checkpoint` on the test split; write out_dir/metrics.json, the PNGs and report.md.
 
     Data: the checkpoint's own data config (the same synthetic market: same seed, sizes and split) or, with
     `data_path`, that OHLCV file split the same way. Features are normalised with the checkpoint's stored
-    statistics either way, exactly as serving does.
+    statistics either way, exactly as serving does. `overrides` (`eval.cost_bps=5`, `data.bars_per_year=252`)
+    change the checkpoint's eval and data sections for this evaluation; other sections are refused.
     """
     from hrm_platform.checkpoint import load_model
-    from hrm_platform.config import validate_config
+    from hrm_platform.config import ConfigError, with_overrides
     from hrm_platform.data.dataset import build_datasets
     from hrm_platform.evaluation.report import write_report
 
     model, loaded = load_model(checkpoint)
-    config = loaded.config
+    refused = [item for item in overrides if item.partition(".")[0].strip() not in EVALUATION_OVERRIDE_SECTIONS]
+    if refused:
+        raise ConfigError(f"evaluation overrides change only eval.* and data.*; refused: {', '.join(refused)}")
+    if data_path is not None:  # source and path change together
+        overrides = [*overrides, "data.source=file", f"data.path={data_path}"]
+    config = with_overrides(loaded.config, list(overrides), source=f"{checkpoint} config with overrides")
     data_config = config.data
-    if data_path is not None:  # validated as a whole (source and path must change together)
-        data_config = validate_config(
-            {**config.model_dump(mode="json"), "data": {**data_config.model_dump(mode="json"), "source": "file",
-                                                        "path": str(data_path)}},
-            source=f"{checkpoint} config with --data {data_path}",
-        ).data
     bundle = build_datasets(data_config, feature_stats=loaded.feature_spec.stats)
     result = run_backtest(
         model, bundle, loaded.feature_spec,
@@ -330,4 +336,4 @@ def evaluate_checkpoint(checkpoint: Path, out_dir: Path, data_path: Path | None 
         periods_per_year=data_config.bars_per_year,
         max_segments=config.model.max_segments,
     )
-    return write_report(result, loaded, data_config, Path(out_dir))
+    return write_report(result, loaded, config, Path(out_dir))

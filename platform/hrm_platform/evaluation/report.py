@@ -16,7 +16,7 @@ from hrm_platform.evaluation.backtest import BacktestResult
 
 if TYPE_CHECKING:
     from hrm_platform.checkpoint import LoadedCheckpoint
-    from hrm_platform.config import DataConfig
+    from hrm_platform.config import PlatformConfig
 
 STRATEGY_ORDER = ("model", "oracle", "buy_and_hold", "momentum", "flat")
 PLOT_FILES = {
@@ -57,10 +57,11 @@ class EvaluationReport:
 
 
 def write_report(
-    result: BacktestResult, loaded: LoadedCheckpoint, data_config: DataConfig, out_dir: Path
+    result: BacktestResult, loaded: LoadedCheckpoint, config: PlatformConfig, out_dir: Path
 ) -> EvaluationReport:
+    """`config`: what the evaluation ran with (the checkpoint's, with any evaluation overrides)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = collect_metrics(result, loaded, data_config)
+    summary = collect_metrics(result, loaded, config)
     plot_paths = draw_plots(result, summary, _training_history(loaded.manifest), out_dir)
     summary["plots"] = {name: path.name for name, path in plot_paths.items()}
     metrics_path = out_dir / "metrics.json"
@@ -73,14 +74,14 @@ def write_report(
 # --- metrics.json ---------------------------------------------------------------------------------------------
 
 
-def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, data_config: DataConfig) -> dict[str, Any]:
+def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, config: PlatformConfig) -> dict[str, Any]:
     periods = result.periods_per_year
     portfolio = _ordered(result.portfolio.strategy_metrics(periods))
     decisions = list(result.decisions.values())
     predicted = np.concatenate([d.actions for d in decisions])
     true = np.concatenate(list(result.true_actions.values()))
     positions = np.concatenate([d.positions for d in decisions])
-    config = loaded.config
+    data_config = config.data
     return {
         "checkpoint": str(loaded.directory),
         "model_version": loaded.model_version,

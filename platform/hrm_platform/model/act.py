@@ -16,7 +16,7 @@ if the next segment is the last one, else sigmoid(max(next q_halt, next q_contin
 the paper runs an extra no-grad forward of the next segment to get those values; we reuse the next
 segment's real forward instead, which deep supervision runs anyway, and apply segment k's q_continue loss
 during segment k+1's step, through the Q head on segment k's (detached) summary token. That makes the
-bootstrap free (the extra forward costs ~40% of a step on CPU) at the price that q_continue's loss trains
+bootstrap free (the extra forward would cost a large share of a step) at the price that q_continue's loss trains
 only the Q head's linear layer, not the trunk (q_halt's loss and the action loss still shape the trunk), and
 that its target comes from parameters one optimizer step newer. Exploration: with probability epsilon a
 sample gets a minimum of uniform{2..M} segments before it may halt, so the Q head also learns what later

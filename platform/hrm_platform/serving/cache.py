@@ -1,15 +1,16 @@
-"""Per-replica prediction cache: least-recently-used with a time-to-live (the seed's `inference_cache`).
+"""Per-replica prediction cache: least-recently-used with a time-to-live.
 
     cache = PredictionCache(maxsize=serve.cache_size, ttl_s=serve.cache_ttl_s)
-    key = cache.make_key(engine.model_version, bars, position, budget)
+    key = cache.make_key(engine.model_version, bars, budget)
     prediction = cache.get(key)
     if prediction is None:
         prediction = engine.predict_bars([bars], [budget])[0]
         cache.put(key, prediction)
     cache.stats()  # {"hits", "misses", "evictions", "expirations", "size", "maxsize", "ttl_s"}
 
-The key covers the model version, the raw bars (bytes and shape), the position and the segment budget, so
-an answer is never served for another model after a reload, another position or a tighter budget. Entries
+The key covers the model version, the raw bars (bytes and shape) and the segment budget, so an answer is
+never served for another model after a reload or a tighter budget. The caller's position is not in it: a
+decision does not depend on it (the trade from it is computed per response), so every position shares it. Entries
 live at most `ttl_s` seconds (market data goes stale); when the cache is full the least recently used entry
 is evicted. `maxsize=0` disables the cache: `get` always misses and `put` stores nothing.
 """
@@ -68,13 +69,12 @@ class PredictionCache:
         return self.maxsize > 0
 
     @staticmethod
-    def make_key(model_version: str, bars: np.ndarray, position: float, budget: int | None) -> str:
-        """Digest of everything the answer depends on: model, bars (values and shape), position, budget."""
+    def make_key(model_version: str, bars: np.ndarray, budget: int | None) -> str:
+        """Digest of everything the decision depends on: model, bars (values and shape), segment budget."""
         values = np.ascontiguousarray(bars, dtype=np.float64)  # (N, 5): one canonical byte layout
         digest = hashlib.blake2b(digest_size=16)
         digest.update(model_version.encode())
         digest.update(struct.pack("<q", -1 if budget is None else int(budget)))
-        digest.update(struct.pack("<d", float(position)))
         digest.update(struct.pack(f"<{values.ndim}q", *values.shape))
         digest.update(values.tobytes())
         return digest.hexdigest()

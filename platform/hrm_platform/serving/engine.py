@@ -1,7 +1,7 @@
 """Inference engine: a verified checkpoint, one engine variant, ACT inference with per-request budgets.
 
     engine = InferenceEngine.from_checkpoint("runs/demo/epoch_0002")          # what `hrm export` chose
-    engine.predict_bars([bars], budgets=[None], positions=[0.0])          # bars (N >= bars_needed, 5) OHLCV
+    engine.predict_bars([bars], budgets=[None])                           # bars (N >= bars_needed, 5) OHLCV
     engine.segments_for_deadline(5.0)                                     # budget that fits in 5 ms
 
 No Ray here: Serve replicas, benchmarks and tests use the same object. Requests carry raw bars; the engine
@@ -52,17 +52,16 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class Prediction:
-    """One decision. `target_position` = direction * quantity (hold = flat), as in the backtest;
-    `trade` = target_position - position (what to buy, negative = sell, from the caller's position)."""
+    """One decision, whatever the caller holds: `target_position` = direction * quantity (hold = flat), as in
+    the backtest. The trade from a caller's position is the HTTP layer's (`schemas.decision_response`), so
+    one cached decision serves every position."""
 
     action: str
     quantity: float
     confidence: float
     probabilities: dict[str, float]
     segments: int
-    position: float = 0.0
     target_position: float = 0.0
-    trade: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -181,22 +180,16 @@ class InferenceEngine:
         self,
         windows: np.ndarray | Tensor,
         budgets: Sequence[int | None] | None = None,
-        positions: Sequence[float] | None = None,
     ) -> list[Prediction]:
         """windows (B, W, F) normalised features -> one Prediction per window."""
         windows = torch.as_tensor(np.asarray(windows, dtype=np.float32)) if not isinstance(windows, Tensor) else windows
-        batch_size = windows.shape[0]
-        positions = [0.0] * batch_size if positions is None else positions
-        if len(positions) != batch_size:
-            raise ValueError(f"got {len(positions)} positions for {batch_size} requests")
-        result = self.run(windows, self._budget_tensor(budgets, batch_size))
-        return self._predictions(result, positions)
+        result = self.run(windows, self._budget_tensor(budgets, windows.shape[0]))
+        return self._predictions(result)
 
     def predict_bars(
         self,
         bars: Sequence[np.ndarray],
         budgets: Sequence[int | None] | None = None,
-        positions: Sequence[float] | None = None,
     ) -> list[Prediction]:
         """Raw bars per request, each (N >= bars_needed, 5) open/high/low/close/volume -> Predictions.
 
@@ -204,7 +197,7 @@ class InferenceEngine:
         validated by the caller (data.ohlcv.find_bar_problem), as the HTTP layer does.
         """
         windows = np.stack([self._window(request_bars, i) for i, request_bars in enumerate(bars)])  # (B, W, F)
-        return self.predict_windows(windows, budgets, positions)
+        return self.predict_windows(windows, budgets)
 
     def segments_for_deadline(self, deadline_ms: float) -> int:
         """Most segments whose measured batch-1 time fits in deadline_ms (at least 1, at most max_segments)."""
@@ -262,29 +255,25 @@ class InferenceEngine:
         for index, budget in enumerate(budgets):
             if budget is not None and (isinstance(budget, bool) or int(budget) != budget or budget < 1):
                 raise ValueError(f"request {index}: max_segments must be an integer >= 1, got {budget!r}")
-            values.append(self.max_segments if budget is None else min(int(budget), self.max_segments))
-        return torch.tensor(values, dtype=torch.int64)  # (B,)
+            values.append(self.max_segments if budget is None else int(budget))
+        return torch.tensor(values, dtype=torch.int64)  # (B,); clamped to 1..M by ACT (segment_limits), only there
 
-    def _predictions(self, result: ActResult, positions: Sequence[float]) -> list[Prediction]:
+    def _predictions(self, result: ActResult) -> list[Prediction]:
         probabilities = result.probabilities.float().cpu().numpy()  # (B, 3)
         quantity = result.quantity.float().cpu().numpy()
         confidence = result.confidence.float().cpu().numpy()
         segments = result.segments_used.cpu().numpy()
         targets = target_positions(probabilities.argmax(axis=1), quantity)  # (B,)
         predictions = []
-        for row, position in enumerate(positions):
-            action = ACTIONS[int(probabilities[row].argmax())]
-            target = float(targets[row])
+        for row in range(probabilities.shape[0]):
             predictions.append(
                 Prediction(
-                    action=action,
+                    action=ACTIONS[int(probabilities[row].argmax())],
                     quantity=float(quantity[row]),
                     confidence=float(confidence[row]),
                     probabilities={name: float(p) for name, p in zip(ACTIONS, probabilities[row])},
                     segments=int(segments[row]),
-                    position=float(position),
-                    target_position=target,
-                    trade=target - float(position),
+                    target_position=float(targets[row]),
                 )
             )
         return predictions

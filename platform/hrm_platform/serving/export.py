@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from hrm_platform.checkpoint import LoadedCheckpoint, file_sha256, load_model
+from hrm_platform.config import ExportConfig
 from hrm_platform.data.dataset import build_datasets
 from hrm_platform.model.hrm import HRM
 from hrm_platform.serving.engine import InferenceEngine, example_segment_inputs, synchronize
@@ -56,16 +57,7 @@ logger = logging.getLogger(__name__)
 
 
 
-@dataclass(frozen=True)
-class ExportSettings:
-    min_agreement: float = 0.99
-    max_probability_diff: float = 0.05
-    max_ready_s: float = 15.0  # a fresh replica's start budget on a quiet machine
-    max_ready_vs_eager: float = 2.0  # ... or this multiple of eager's start, measured beside it (loaded machine)
-    eval_windows: int = 512  # held-out windows for the agreement check (at least 256 are required)
-    repeats_batch1: int = 40
-    repeats_batch32: int = 8
-    measure_ready: bool = True  # time a fresh process loading each passing variant
+ExportSettings = ExportConfig  # the `export` section of the config (its defaults live in config.py)
 
 
 MIN_EVAL_WINDOWS = 256
@@ -154,9 +146,9 @@ def export_engine(
     variants None = every variant that runs on this machine (the GPU ones too with CUDA) except those that
     compile at replica start (`Variant.explicit_only`); `eager int8 jit_int8` export in seconds.
     """
-    settings = settings or ExportSettings()
     checkpoint = Path(checkpoint).absolute()
     hrm, loaded = load_model(checkpoint)
+    settings = settings or loaded.config.export
     torch_threads = loaded.config.serve.torch_threads
     torch.set_num_threads(torch_threads)
     names = _variant_names(variants)
@@ -438,7 +430,7 @@ def _write_manifest(report: ExportReport) -> Path:
         "segment_ms": chosen.segment_ms if chosen else None,
         "fixed_ms": chosen.fixed_ms if chosen else None,
         "eval_windows": report.eval_windows,
-        "settings": asdict(report.settings),
+        "settings": report.settings.model_dump(mode="json"),
         "variants": {entry.name: asdict(entry) for entry in report.variants},
         "files": {name: sha for entry in report.variants for name, sha in entry.artefacts.items()},
     }

@@ -3,7 +3,7 @@
 Two ingress modes, chosen by `serve.fast_ingress` before Serve starts (Serve reads them once, at import):
 
     fast (default)  Ray 2.60's HAProxy front end and throughput-optimised data plane: HAProxy forwards each
-                    request straight to a replica's own HTTP server. Here it cut p50 from ~14 ms to ~3 ms.
+                    request straight to a replica's own HTTP server (README, HTTP API: p50 of both modes).
     python          Serve's Python proxy actor relays every request to the replica over Ray RPC.
 
 Ray's HAProxy template binds its stats page and Prometheus exporter on all interfaces (`bind *:PORT`,

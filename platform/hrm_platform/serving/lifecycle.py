@@ -28,7 +28,7 @@ from hrm_platform.serving.replica import DEPLOYMENT_NAME
 logger = logging.getLogger(__name__)
 
 
-def start_server(checkpoint: Path, serve_config: ServeConfig, timeout_s: float = 180.0) -> str:
+def start_server(checkpoint: Path, serve_config: ServeConfig) -> str:
     """Deploy the app on Serve (starting a local Ray cluster if none is connected); returns the base URL.
 
     The app is deployed declaratively, as `serve deploy` does, so `reload_checkpoint` can later change only
@@ -60,7 +60,7 @@ def start_server(checkpoint: Path, serve_config: ServeConfig, timeout_s: float =
     applications = _deployed_applications()  # a deploy replaces the whole set: keep the others
     applications[APP_NAME] = application_config(checkpoint, serve_config, env_vars)
     _deploy_applications(list(applications.values()))
-    _wait_until_running(APP_NAME, timeout_s)
+    _wait_until_running(APP_NAME, serve_config.start_timeout_s)
     return f"http://{host}:{port}"
 
 

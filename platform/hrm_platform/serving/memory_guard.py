@@ -1,4 +1,4 @@
-"""Memory guard: keeps every serving replica under its memory limit (default 4 GB, the seed's NFR1.3).
+"""Memory guard: keeps every serving replica under its memory limit (serve.memory_limit_gb).
 
 Three parts:
 - `MemoryPolicy` (pure): bytes in use -> "ok" | "cleanup" | "shed". At or above `soft_fraction * limit`
@@ -13,8 +13,8 @@ Three parts:
 
 Call pattern in a Serve replica (the app owns the loop and the 503):
 
-    guard = connect_memory_guard(serve.memory_limit_gb, serve.memory_soft_fraction)  # get or create
-    monitor = ReplicaMemoryMonitor(guard, replica_id=serve.get_replica_context().replica_tag)
+    guard = connect_memory_guard(serve.memory_limit_gb, serve.memory_soft_fraction, serve.memory_stale_after_s)
+    monitor = ReplicaMemoryMonitor(guard, replica_tag, serve.memory_cleanup_cooldown_s)
     ...
     # every serve.memory_check_interval_s, in a background asyncio task:
     directive = await monitor.check_async(engine, cache)  # runs cleanup(engine, cache) when told to
@@ -53,7 +53,7 @@ class MemoryPolicy:
     """Thresholds on one replica's memory. Pure: the answer depends only on the arguments."""
 
     limit_bytes: int
-    soft_fraction: float = 0.85
+    soft_fraction: float
 
     def __post_init__(self) -> None:
         if self.limit_bytes <= 0:
@@ -62,7 +62,7 @@ class MemoryPolicy:
             raise ValueError(f"memory soft_fraction must be in (0, 1), got {self.soft_fraction}")
 
     @classmethod
-    def from_gb(cls, limit_gb: float, soft_fraction: float = 0.85) -> MemoryPolicy:
+    def from_gb(cls, limit_gb: float, soft_fraction: float) -> MemoryPolicy:
         return cls(limit_bytes=int(limit_gb * GIB), soft_fraction=soft_fraction)
 
     @property
@@ -104,7 +104,7 @@ class _ReplicaRecord:
 class MemoryGuard:
     """Per-replica memory state and directives. Wrapped as a named Ray actor by `connect_memory_guard`."""
 
-    def __init__(self, limit_gb: float = 4.0, soft_fraction: float = 0.85, stale_after_s: float = 60.0) -> None:
+    def __init__(self, limit_gb: float, soft_fraction: float, stale_after_s: float) -> None:
         self._policy = MemoryPolicy.from_gb(limit_gb, soft_fraction)
         self._replicas: dict[str, _ReplicaRecord] = {}
         self.stale_after_s = stale_after_s  # replicas silent this long (dead, scaled down) leave the snapshot
@@ -175,8 +175,9 @@ class MemoryGuard:
 
 
 def connect_memory_guard(
-    limit_gb: float = 4.0,
-    soft_fraction: float = 0.85,
+    limit_gb: float,
+    soft_fraction: float,
+    stale_after_s: float,
     *,
     name: str = GUARD_NAME,
     namespace: str = GUARD_NAMESPACE,
@@ -189,7 +190,7 @@ def connect_memory_guard(
 
     actor_class = ray.remote(num_cpus=0, max_restarts=-1)(MemoryGuard)
     return actor_class.options(name=name, namespace=namespace, lifetime="detached", get_if_exists=True).remote(
-        limit_gb=limit_gb, soft_fraction=soft_fraction
+        limit_gb=limit_gb, soft_fraction=soft_fraction, stale_after_s=stale_after_s
     )
 
 
@@ -264,7 +265,7 @@ def _torch_cuda_reserved() -> int:
 
 
 def cleanup(engine: Any = None, cache: Any = None) -> dict[str, int]:
-    """The seed's `trigger_memory_cleanup`: clear the cache, collect garbage, and on CUDA release the cached
+    """Memory cleanup: clear the cache, collect garbage, and on CUDA release the cached
     blocks of the engine's GPU (`engine.device`; the current device when no engine is given)."""
     dropped = cache.clear() if cache is not None else 0
     collected = gc.collect()
@@ -291,8 +292,8 @@ class ReplicaMemoryMonitor:
         self,
         guard: Any,
         replica_id: str,
+        cleanup_cooldown_s: float,
         reader: MemoryReader | None = None,
-        cleanup_cooldown_s: float = 10.0,
     ) -> None:
         self.guard = guard
         self.replica_id = replica_id

@@ -1,7 +1,7 @@
 """The Serve replica: one FastAPI ingress deployment that validates, caches, batches and infers.
 
 Request path in a replica: FastAPI + pydantic parse the body (serving/http.py, schemas.py) -> `check_bars`
-(count, values) -> cache lookup keyed on (model_version, bars, position, budget) -> a miss alone in the replica
+(count, values) -> cache lookup keyed on (model_version, bars, budget) -> a miss alone in the replica
 is computed at once; concurrent misses go through `@serve.batch`, which gathers them into one engine call on a
 single inference thread -> response. The engine, the cache and the memory guard are the replica's; the
 checkpoint comes from `user_config`, so a `serve deploy` that changes only `user_config.checkpoint` calls
@@ -151,10 +151,12 @@ class HRMDeployment:
         self._run_batch.set_max_batch_size(self._serve.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(self._serve.batch_wait_timeout_s)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
-        self._guard = connect_memory_guard(self._serve.memory_limit_gb, self._serve.memory_soft_fraction)
+        self._guard = connect_memory_guard(
+            self._serve.memory_limit_gb, self._serve.memory_soft_fraction, self._serve.memory_stale_after_s
+        )
         # The deployed config owns the limit: a guard left from an earlier deploy keeps its old one otherwise.
         await self._guard.set_limit_gb.remote(self._serve.memory_limit_gb, self._serve.memory_soft_fraction)
-        self._monitor = ReplicaMemoryMonitor(self._guard, self._replica_id)
+        self._monitor = ReplicaMemoryMonitor(self._guard, self._replica_id, self._serve.memory_cleanup_cooldown_s)
         self._memory_task = asyncio.get_running_loop().create_task(self._watch_memory())
 
     def __serve_build_asgi_app__(self):
@@ -248,7 +250,7 @@ class HRMDeployment:
         check_bars(bars, engine.bars_needed, self._serve.max_bars, field=f"{prefix}bars")
         bars = bars[-engine.bars_needed:]  # the answer depends on these only; a shorter key hits more often
         budget = _segment_budget(request, engine)
-        key = self._cache.make_key(model.version, bars, request.position, budget)
+        key = self._cache.make_key(model.version, bars, budget)
         return PreparedRequest(model, bars, request.position, budget, key)
 
     async def _answer(self, prepared: PreparedRequest, started: float, route: str) -> PredictResponse:
@@ -263,11 +265,14 @@ class HRMDeployment:
             self._cache.put(prepared.cache_key, prediction)
         latency_ms = (time.perf_counter() - started) * 1e3
         self._metrics.latency_ms.observe(latency_ms, tags={"route": route})
-        return decision_response(prediction, cached=cached, model_version=prepared.model.version, latency_ms=latency_ms)
+        return decision_response(
+            prediction, position=prepared.position, cached=cached, model_version=prepared.model.version,
+            latency_ms=latency_ms,
+        )
 
     async def _compute(self, prepared: PreparedRequest) -> Prediction:
         """A cache miss. Alone in the replica, it is computed at once on the loop: the batch queue's hand-offs
-        cost ~1 ms of a ~2.5 ms p50 here. With others in flight it joins `_run_batch`, which gathers concurrent
+        are a sizeable share of a lone request's p50 (README, HTTP API). With others in flight it joins `_run_batch`, which gathers concurrent
         misses into one engine call. The yield first lets requests that arrived together register, so that
         the first of a burst does not take the inline path while the rest wait behind it."""
         self._computing += 1
@@ -276,7 +281,7 @@ class HRMDeployment:
             if self._computing == 1:
                 self._engine_calls["inline"] += 1
                 engine = prepared.model.engine
-                return engine.predict_bars([prepared.bars], [prepared.budget], [prepared.position])[0]
+                return engine.predict_bars([prepared.bars], [prepared.budget])[0]
             return await self._run_batch(prepared)
         finally:
             self._computing -= 1
@@ -290,9 +295,7 @@ class HRMDeployment:
         calls["batched_rows"] += len(items)
         calls["largest_batch"] = max(calls["largest_batch"], len(items))
         for model, indices in _group_by_model(items).items():
-            arguments = (
-                [items[i].bars for i in indices], [items[i].budget for i in indices], [items[i].position for i in indices]
-            )
+            arguments = ([items[i].bars for i in indices], [items[i].budget for i in indices])
             if len(items) == 1:  # nothing queued behind it: skip the thread hop (latency)
                 predictions = model.engine.predict_bars(*arguments)
             else:  # requests are queueing: parse and validate them on the loop while this batch computes
@@ -312,7 +315,7 @@ class HRMDeployment:
             "gpu_bytes": reading.gpu_bytes if reading else None,
         }
         try:
-            snapshot = await asyncio.wait_for(self._guard.snapshot.remote(), timeout=2.0)
+            snapshot = await asyncio.wait_for(self._guard.snapshot.remote(), timeout=self._serve.guard_timeout_s)
             state.update(limit_bytes=snapshot["limit_bytes"], soft_bytes=snapshot["soft_bytes"])
         except Exception as error:  # health must answer even when the guard does not
             state["guard_error"] = f"{type(error).__name__}: {error}"
@@ -320,10 +323,10 @@ class HRMDeployment:
 
 
 def _segment_budget(request: PredictRequest, engine: InferenceEngine) -> int | None:
-    """The tighter of max_segments and what deadline_ms affords; None = the model's maximum."""
+    """The tighter of max_segments and what deadline_ms affords; None = the model's maximum (ACT clamps)."""
     budgets = []
     if request.max_segments is not None:
-        budgets.append(min(request.max_segments, engine.max_segments))
+        budgets.append(request.max_segments)
     if request.deadline_ms is not None:
         budgets.append(engine.segments_for_deadline(request.deadline_ms))
     return min(budgets) if budgets else None

@@ -169,8 +169,10 @@ def check_bars(bars: np.ndarray, bars_needed: int, max_bars: int, field: str = "
         raise InvalidRequest(f"{field}[{row}]", f"bar {row} (0 = oldest): {what}")
 
 
-def decision_response(prediction: Any, *, cached: bool, model_version: str, latency_ms: float) -> PredictResponse:
-    """The engine's Prediction (computed for the request's position) as the HTTP answer."""
+def decision_response(
+    prediction: Any, *, position: float, cached: bool, model_version: str, latency_ms: float
+) -> PredictResponse:
+    """The engine's Prediction as the HTTP answer for a caller holding `position` (the trade is from it)."""
     return PredictResponse(
         action=prediction.action,
         quantity=prediction.quantity,
@@ -181,7 +183,7 @@ def decision_response(prediction: Any, *, cached: bool, model_version: str, late
         model_version=model_version,
         latency_ms=latency_ms,
         target_position=prediction.target_position,
-        trade=prediction.trade,
+        trade=prediction.target_position - position,
     )
 
 
