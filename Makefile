@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: setup demo test bench gpu-check clean
+.PHONY: setup demo test test-fast bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The unit tier alone (no Ray cluster, under a minute): the quick check while editing.
+test-fast: setup
+	$(PY) -m pytest tests/unit -q
 
 # Each benchmark runs our path beside its baseline in one run, prints a table, writes benchmarks/results/*.json.
 BENCHMARKS := data_memory model_learning train_throughput serve_latency soak

@@ -141,7 +141,7 @@ def test_serve_config_yaml_is_a_valid_loopback_config_for_our_builder(config_nam
     from hrm_platform.serving.app import AppArgs
     from hrm_platform.serving.replica import DEPLOYMENT_NAME, ReloadConfig
 
-    path = Path(__file__).resolve().parents[2] / "deployments" / config_name
+    path = Path(__file__).resolve().parents[3] / "deployments" / config_name
     config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     assert config.http_options.host == "127.0.0.1"
     (application,) = config.applications

@@ -15,7 +15,7 @@ from hrm_platform.cli import main as hrm_main
 from hrm_platform.data.dataset import build_datasets
 from hrm_platform.evaluation import backtest
 from hrm_platform.evaluation.backtest import evaluate_checkpoint
-from tests.unit.test_plots import assert_sensible_png
+from tests.images import assert_sensible_png
 
 STRATEGIES = {"model", "oracle", "buy_and_hold", "momentum", "flat"}
 TRADING_KEYS = {"total_return", "annualised_return", "sharpe", "sortino", "max_drawdown", "hit_rate", "turnover",
