@@ -1,73 +1,22 @@
-"""The serving app over real HTTP on local Ray: answers equal the bare engine's, the cache, bad input, auth,
-hot reload under load, the memory guard, the CLI client and the README's curl examples."""
+"""The serving app over real HTTP on local Ray: answers equal the bare engine's, the cache, batching,
+budgets, health, bad input and auth. Reload and the memory guard: test_serve_reload.py; the CLI client,
+the README's curl examples and the binds: test_serve_client.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 
 from hrm_platform.data.market import generate_market
 from hrm_platform.data.ohlcv import BAR_COLUMNS
+from tests.integration.serving_helpers import assert_same_decision, health, predict
 
 pytestmark = pytest.mark.ray
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def client(serve_app):
-    with httpx.Client(base_url=serve_app.url, headers=serve_app.headers, timeout=30.0) as http:
-        yield http
-
-
-@pytest.fixture(scope="module")
-def engine(serve_app):
-    from hrm_platform.serving.engine import InferenceEngine
-
-    return InferenceEngine.from_checkpoint(serve_app.checkpoint)
-
-
-@pytest.fixture(scope="module")
-def market_bars(engine) -> list[np.ndarray]:
-    """Real synthetic-market bars: 40 distinct requests of bars_needed + 8 bars each, (N, 5) float64."""
-    frame = generate_market(1, 600, seed=5, horizon=4).bars["SYN00"]
-    values = frame[list(BAR_COLUMNS)].to_numpy()
-    length = engine.bars_needed + 8
-    return [values[start : start + length] for start in range(0, 40 * 10, 10)]
-
-
-def predict(client: httpx.Client, bars: np.ndarray, **fields) -> httpx.Response:
-    return client.post("/v1/predict", json={"bars": bars.tolist(), **fields})
-
-
-def health(client: httpx.Client) -> dict:
-    response = client.get("/v1/health")
-    assert response.status_code == 200
-    return response.json()
-
-
-def assert_same_decision(answer: dict, prediction, position: float = 0.0, tolerance: float = 1e-5) -> None:
-    assert answer["action"] == prediction.action
-    assert answer["segments"] == prediction.segments
-    assert answer["quantity"] == pytest.approx(prediction.quantity, abs=tolerance)
-    assert answer["confidence"] == pytest.approx(prediction.confidence, abs=tolerance)
-    for name, probability in prediction.probabilities.items():
-        assert answer["probabilities"][name] == pytest.approx(probability, abs=tolerance)
-    assert answer["target_position"] == pytest.approx(prediction.target_position, abs=tolerance)
-    assert answer["trade"] == pytest.approx(prediction.target_position - position, abs=tolerance)
-
-
-# ------------------------------------------------------------------------------------------- answers
 
 
 def test_prediction_equals_bare_engine_then_repeat_is_cached(client, engine, market_bars):
@@ -115,7 +64,7 @@ def test_a_lone_miss_is_computed_inline_and_concurrent_misses_share_engine_calls
     positions = [0.01 * (i + 1) for i in range(32)]
     # Distinct bars, never requested before: every request is a miss (the position is not part of the key).
     frame = generate_market(1, 600, seed=6, horizon=4).bars["SYN00"][list(BAR_COLUMNS)].to_numpy()
-    burst_bars = [frame[start : start + engine.bars_needed] for start in range(0, 32 * 15, 15)]
+    burst_bars = [frame[start : start + engine.bars_needed + 8] for start in range(0, 32 * 15, 15)]
 
     async def burst() -> list[dict]:
         async with httpx.AsyncClient(base_url=serve_app.url, headers=serve_app.headers, timeout=60.0) as http:
@@ -176,7 +125,6 @@ def test_health_and_model_describe_the_served_checkpoint(client, engine, serve_a
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 
-# ----------------------------------------------------------------------------------------- bad input
 
 
 def _bad_bodies(bars: np.ndarray, max_bars: int) -> list[tuple[str, bytes, str, str]]:
@@ -271,233 +219,3 @@ def test_every_inference_route_needs_the_token(serve_app, market_bars, authoriza
             assert response.json()["error"] == "unauthorized"
             assert response.headers["WWW-Authenticate"] == "Bearer"
         assert anonymous.get("/v1/health").status_code == 200  # probes need no token
-
-
-# -------------------------------------------------------------------------------------------- reload
-
-
-@pytest.fixture(scope="module")
-def second_checkpoint(smoke_config_module, tmp_path_factory) -> Path:
-    from hrm_platform.training.local import train_local
-
-    smoke_config_module.train.seed = 1
-    return train_local(smoke_config_module, tmp_path_factory.mktemp("second"))
-
-
-@pytest.fixture(scope="module")
-def smoke_config_module():
-    from hrm_platform.config import load_config
-
-    return load_config(REPO_ROOT / "jobs" / "configs" / "smoke.yaml")
-
-
-class LoadRecorder:
-    """Threads sending requests until stopped; each record: (sent, received, status, version, cached, payload)."""
-
-    def __init__(self, url: str, headers: dict[str, str], payloads: list[list], threads: int = 6) -> None:
-        self.records: list[tuple[float, float, int, str | None, bool | None, int]] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(url, headers, payloads, seed)) for seed in range(threads)]
-
-    def _run(self, url: str, headers: dict[str, str], payloads: list[list], seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        with httpx.Client(base_url=url, headers=headers, timeout=30.0) as http:
-            while not self._stop.is_set():
-                index = int(rng.integers(len(payloads)))
-                sent = time.monotonic()
-                try:
-                    response = http.post("/v1/predict", json={"bars": payloads[index]})
-                    status, body = response.status_code, response.json()
-                except httpx.HTTPError:
-                    status, body = -1, {}
-                with self._lock:
-                    self.records.append((sent, time.monotonic(), status, body.get("model_version"), body.get("cached"), index))
-
-    def __enter__(self) -> LoadRecorder:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-
-def _wait_for_version(client: httpx.Client, version: str, timeout_s: float = 60.0) -> float:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if client.get("/v1/model").json()["model_version"] == version:
-            return time.monotonic()
-        time.sleep(0.05)
-    raise AssertionError(f"model {version} not served after {timeout_s} s")
-
-
-def test_reload_under_load_fails_nothing_and_serves_nothing_stale(client, serve_app, engine, market_bars, second_checkpoint):
-    from hrm_platform.serving.engine import InferenceEngine
-    from hrm_platform.serving.lifecycle import reload_checkpoint
-
-    new_engine = InferenceEngine.from_checkpoint(second_checkpoint)
-    old_version, new_version = engine.model_version, new_engine.model_version
-    assert old_version != new_version
-    payloads = [bars.tolist() for bars in market_bars[:6]]  # few distinct bars: most answers come from the cache
-    try:
-        with LoadRecorder(serve_app.url, serve_app.headers, payloads) as load:
-            time.sleep(1.0)
-            reload_checkpoint(second_checkpoint)
-            swapped_at = _wait_for_version(client, new_version)
-            time.sleep(1.5)
-        records = load.records
-        assert len(records) > 50
-        assert [r for r in records if r[2] != 200] == []  # no failed request during the swap
-        assert {r[3] for r in records} == {old_version, new_version}
-        first_new = min(r[1] for r in records if r[3] == new_version)
-        stale = [r for r in records if r[0] > max(first_new, swapped_at) and r[3] != new_version]
-        assert stale == []
-        # After the swap every payload's answer is the new model's own, never the old model's cached one.
-        for index, bars in enumerate(market_bars[:6]):
-            answer = predict(client, bars).json()
-            assert answer["model_version"] == new_version
-            assert_same_decision(answer, new_engine.predict_bars([bars], [None])[0])
-        assert health(client)["reload_error"] is None
-    finally:
-        reload_checkpoint(serve_app.checkpoint)
-        _wait_for_version(client, old_version)
-
-
-def test_reload_to_a_broken_checkpoint_keeps_the_old_model(client, serve_app, engine, market_bars, tmp_path):
-    from hrm_platform.checkpoint import CheckpointError
-    from hrm_platform.serving.lifecycle import reload_checkpoint
-
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for item in serve_app.checkpoint.iterdir():
-        if item.is_file():
-            (broken / item.name).write_bytes(item.read_bytes())
-    weights = bytearray((broken / "model.pt").read_bytes())
-    weights[-100] ^= 0xFF  # one flipped byte: the sha256 in the manifest no longer matches
-    (broken / "model.pt").write_bytes(bytes(weights))
-    with pytest.raises(CheckpointError, match="model.pt"):
-        reload_checkpoint(broken)  # refused before the deployment's config changes
-    try:
-        reload_checkpoint(broken, verify=False)  # as `serve deploy` would: the replica must refuse it itself
-        deadline = time.monotonic() + 30
-        while health(client)["reload_error"] is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        state = health(client)
-        assert "model.pt" in state["reload_error"]
-        assert state["model_version"] == engine.model_version
-        assert predict(client, market_bars[5]).json()["model_version"] == engine.model_version
-    finally:
-        reload_checkpoint(serve_app.checkpoint)  # a rollback to what is served: nothing to load, error cleared
-    deadline = time.monotonic() + 30
-    while health(client)["reload_error"] is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert health(client)["reload_error"] is None
-
-
-# ---------------------------------------------------------------------------------------- memory guard
-
-
-def _wait_for_memory(client: httpx.Client, condition, timeout_s: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = health(client)
-        if condition(state):
-            return state
-        time.sleep(0.1)
-    raise AssertionError(f"memory state never matched; last: {state['status']} {state['memory']}")
-
-
-def test_memory_guard_cleans_up_then_sheds_then_recovers(client, serve_app, market_bars):
-    import ray
-
-    from hrm_platform.serving.memory_guard import GIB, GUARD_NAME, GUARD_NAMESPACE
-
-    guard = ray.get_actor(GUARD_NAME, namespace=GUARD_NAMESPACE)
-    soft_fraction = serve_app.serve_config.memory_soft_fraction
-    assert predict(client, market_bars[6]).status_code == 200
-    state = health(client)
-    assert state["cache"]["size"] >= 1
-    rss = state["memory"]["rss_bytes"]
-    try:
-        # Soft threshold below current use, hard limit above it: clean up (cache emptied), keep serving.
-        ray.get(guard.set_limit_gb.remote(rss * 1.1 / GIB, soft_fraction))
-        state = _wait_for_memory(client, lambda s: s["memory"]["cleanups"] >= 1)
-        assert state["cache"]["size"] == 0
-        assert predict(client, market_bars[7]).status_code == 200
-
-        # Hard limit below current use: shed with 503 + Retry-After.
-        ray.get(guard.set_limit_gb.remote(rss * 0.5 / GIB, soft_fraction))
-        state = _wait_for_memory(client, lambda s: s["status"] == "shedding")
-        shed = predict(client, market_bars[7])
-        assert shed.status_code == 503
-        assert shed.json()["error"] == "overloaded"
-        assert int(shed.headers["Retry-After"]) >= 1
-        batch = client.post("/v1/predict/batch", json={"requests": [{"bars": market_bars[7].tolist()}]})
-        assert batch.status_code == 503
-
-        # Limit raised again: served.
-        ray.get(guard.set_limit_gb.remote(serve_app.serve_config.memory_limit_gb, soft_fraction))
-        _wait_for_memory(client, lambda s: s["status"] == "ok")
-        assert predict(client, market_bars[7]).status_code == 200
-    finally:
-        ray.get(guard.set_limit_gb.remote(serve_app.serve_config.memory_limit_gb, soft_fraction))
-
-
-# ----------------------------------------------------------------------------------- client, docs, binds
-
-
-def test_hrm_predict_cli_prints_one_decision_per_symbol(serve_app, tmp_path):
-    market = generate_market(2, 300, seed=9, horizon=4)
-    frames = [frame.assign(symbol=symbol) for symbol, frame in market.bars.items()]
-    csv = tmp_path / "bars.csv"
-    pd.concat(frames).to_csv(csv)
-    env = {**os.environ, "HRM_API_TOKEN": serve_app.token}
-    command = [sys.executable, "-m", "hrm_platform.cli", "predict", "--url", serve_app.url, "--bars", str(csv), "--position", "0.5"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
-    assert "position +0.50" in lines[0]
-    assert [line.split(" @ ")[0] for line in lines[1:]] == ["SYN00", "SYN01"]
-    assert all(re.search(r": (HOLD|BUY |SELL) quantity", line) for line in lines[1:])
-
-    refused = subprocess.run(command, capture_output=True, text=True, env={**env, "HRM_API_TOKEN": "wrong"}, timeout=120)
-    assert refused.returncode == 1
-    assert "401" in refused.stderr and "unauthorized" in refused.stderr
-
-
-def readme_curl_commands() -> list[tuple[str, str]]:
-    """(command, trailing comment) for each curl command of the README's HTTP API section."""
-    text = (REPO_ROOT / "README.md").read_text()
-    section = text.split("\n## HTTP API", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.strip().startswith("curl "):
-                command, _, comment = line.partition("  # ")
-                commands.append((command.strip(), comment))
-    return commands
-
-
-def test_readme_curl_examples_work_against_the_live_server(serve_app):
-    commands = readme_curl_commands()
-    assert len(commands) >= 5
-    env = {**os.environ, "HRM_URL": serve_app.url, "HRM_API_TOKEN": serve_app.token}
-    for command, comment in commands:
-        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
-        assert done.returncode == 0, f"{command}\n{done.stderr}"
-        body = json.loads(done.stdout)
-        expected_error = re.search(r"-> (\d{3})", comment)
-        if expected_error:  # the README shows what an error looks like
-            assert set(body) == {"error", "field", "detail"}, command
-        else:
-            assert "error" not in body, f"{command}: {body}"
-
-
-def test_only_loopback_listens_on_the_serve_port(serve_app):
-    port = serve_app.url.rsplit(":", 1)[1]
-    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout.splitlines()
-    addresses = [line.split()[3] for line in listening if line.split()[3].rsplit(":", 1)[1] == port]
-    assert addresses == [f"127.0.0.1:{port}"]

@@ -48,7 +48,7 @@ def test_cpu_timings_do_not_touch_cuda(queue):
 
 def test_export_latency_synchronises_each_engine(queue):
     """round_robin_medians times engine.run of every engine with the same rule."""
-    from hrm_platform.serving.export import round_robin_medians
+    from hrm_platform.serving.export_checks import round_robin_medians
 
     class QueuedEngine:
         device = torch.device("cuda")

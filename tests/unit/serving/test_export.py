@@ -10,7 +10,7 @@ import pytest
 
 from hrm_platform.checkpoint import MANIFEST_FILE, file_sha256
 from hrm_platform.cli import main
-from hrm_platform.serving import export as export_module
+from hrm_platform.serving import export_checks
 from hrm_platform.serving.engine import EngineError, InferenceEngine
 from hrm_platform.serving.export import ExportSettings, export_engine
 from hrm_platform.serving.manifest import SERVING_MANIFEST, serving_dir
@@ -57,14 +57,14 @@ def test_cli_export_prints_table_writes_verifiable_manifest_and_replica_loads_ch
 
 
 def test_variant_failing_its_check_is_never_chosen(checkpoint_copy, monkeypatch):
-    real_judge = export_module._judge
+    real_judge = export_checks._judge
 
     def fastest_fails(entry, settings):
         if entry.name == "jit_int8":
             return "failed", "forced to fail by the test"
         return real_judge(entry, settings)
 
-    monkeypatch.setattr(export_module, "_judge", fastest_fails)
+    monkeypatch.setattr(export_checks, "_judge", fastest_fails)
     report = export_engine(checkpoint_copy, variants=["eager", "jit_int8", "int8"], settings=QUICK)
     assert report.figures("jit_int8").status == "failed"
     assert report.chosen in ("eager", "int8")
@@ -115,15 +115,15 @@ def _synthetic_request(n_bars: int):
 
 def test_ready_time_rule_absolute_when_quiet_relative_to_eager_when_loaded(monkeypatch):
     """A variant that compiles at start is never servable; load on the machine does not disqualify the rest."""
-    from hrm_platform.serving.export import ExportReport, VariantFigures
+    from hrm_platform.serving.export_report import ExportReport, VariantFigures
 
     def report_with(ready: dict[str, float]) -> ExportReport:
         monkeypatch.setattr(
-            export_module, "time_fresh_load", lambda checkpoint, name, threads, timeout: (ready[name], "")
+            export_checks, "time_fresh_load", lambda checkpoint, name, threads, timeout: (ready[name], "")
         )
         variants = [VariantFigures(name, "", status="passed") for name in ready]
         report = ExportReport(Path("."), "v", None, variants, 256, 1, ExportSettings(), Path("m.json"))
-        export_module._measure_ready(report, ExportSettings())
+        export_checks.measure_ready(report, ExportSettings())
         return report
 
     quiet = report_with({"eager": 2.5, "jit_int8": 3.0, "compiled": 16.0})
