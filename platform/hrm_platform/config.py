@@ -182,6 +182,8 @@ class ServeConfig(_Strict):
     )
     guard_timeout_s: float = Field(2.0, gt=0, description="how long /v1/health waits for the guard's snapshot")
     start_timeout_s: float = Field(180.0, gt=0, description="how long `start_server` waits for the app to run")
+    health_check_period_s: float = Field(5.0, gt=0, description="Serve's health check of each replica")
+    health_check_timeout_s: float = Field(15.0, gt=0, description="a replica not answering its check this long restarts")
     request_timeout_s: float = Field(
         2.5, gt=0, description="Serve's proxy answers 408 after this; requests fail fast while no replica is alive"
     )
@@ -228,6 +230,7 @@ class ExportConfig(_Strict):
     repeats_batch1: int = Field(40, ge=1)
     repeats_batch32: int = Field(8, ge=1)
     measure_ready: bool = Field(True, description="time a fresh process loading each passing variant")
+    ready_timeout_s: float = Field(120.0, gt=0, description="a fresh replica not ready after this is not servable")
 
 
 class EvalConfig(_Strict):

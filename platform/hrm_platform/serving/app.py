@@ -41,8 +41,8 @@ def deployment_options(serve_config: ServeConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "max_ongoing_requests": serve_config.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": serve_config.replica_cpus, "num_gpus": serve_config.replica_gpus},
-        "health_check_period_s": 5.0,
-        "health_check_timeout_s": 15.0,
+        "health_check_period_s": serve_config.health_check_period_s,
+        "health_check_timeout_s": serve_config.health_check_timeout_s,
     }
     if serve_config.num_replicas == "auto":
         options["autoscaling_config"] = {

@@ -152,7 +152,9 @@ def measure_ready(report: ExportReport, settings: ExportConfig) -> None:
     for entry in report.variants:  # eager is first (see _variant_names)
         if not entry.passed_checks:
             continue
-        entry.ready_s, problem = time_fresh_load(report.checkpoint, entry.name, report.torch_threads, 120.0)
+        entry.ready_s, problem = time_fresh_load(
+            report.checkpoint, entry.name, report.torch_threads, settings.ready_timeout_s
+        )
         if problem:
             entry.status, entry.reason = "not servable", problem
             continue
