@@ -1,4 +1,4 @@
-"""Serving latency and throughput, side by side in one run (DESIGN §8): the bare engine, the engine behind
+"""Serving latency and throughput, side by side in one run: the bare engine, the engine behind
 plain uvicorn, a naive Ray Serve deployment, and ours (default HAProxy ingress, and Serve's Python proxy).
 
     python -m benchmarks.serve_latency                                   # trains + exports a smoke checkpoint

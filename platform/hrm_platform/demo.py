@@ -221,7 +221,7 @@ def curl_example(url: str, request_path: Path) -> str:
 
 def _shutdown() -> None:
     """Stop the demo's own cluster; Serve, HAProxy and the replicas go with it (serve.shutdown() first would
-    wait ~30 s for Serve's controller with the HAProxy ingress)."""
+    wait for Serve's controller to time out with the HAProxy ingress: README, Troubleshooting)."""
     import ray
 
     if ray.is_initialized():

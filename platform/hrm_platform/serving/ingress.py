@@ -11,7 +11,7 @@ Ray's HAProxy template binds its stats page and Prometheus exporter on all inter
 rebinds those two listeners to `serve.host` before handing over to the real binary. Their ports are also
 drawn free per cluster instead of Ray's fixed 8404 and 9101, so that several clusters on one machine (tests,
 benchmarks) do not collide. Serve's per-request HTTP metrics, which HAProxy feeds to a Python collector one
-log line per request, are off unless serve.ingress_metrics: they cost a large share of 2 cores at load.
+log line per request, are off unless serve.ingress_metrics: that collector costs CPU on every request.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HTTP request and response models of the serving API (DESIGN §6), and the checks on bars.
+"""HTTP request and response models of the serving API, and the checks on bars.
 
     POST /v1/predict        PredictRequest  -> PredictResponse
     POST /v1/predict/batch  BatchRequest    -> BatchResponse
