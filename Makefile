@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
 
+# Overrides and flags go through ARGS, e.g. make demo ARGS="serve.port=8100".
 demo: setup
-	$(VENV)/bin/hrm demo --config jobs/configs/demo.yaml
+	$(VENV)/bin/hrm demo --config jobs/configs/demo.yaml $(ARGS)
 
 test: setup
 	$(PY) -m pytest tests

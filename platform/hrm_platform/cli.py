@@ -81,8 +81,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from hrm_platform.serving.variants import VariantError
 
     try:
-        report = export_engine(args.checkpoint, variants=args.variants)
-    except (CheckpointError, EngineError, VariantError, OSError) as error:  # OSError: a read-only checkpoint dir
+        named = args.variants or []  # `--variants a b key=value` puts the override here: take it back out
+        variants = [name for name in named if "=" not in name] or None
+        overrides = [*args.overrides, *(item for item in named if "=" in item)]
+        report = export_engine(args.checkpoint, variants=variants, overrides=overrides)
+    except (CheckpointError, EngineError, VariantError, OSError, ValueError) as error:
+        # OSError: a read-only checkpoint dir; ValueError: too few held-out windows, a bad export.* override
         print(f"hrm export: {error}", file=sys.stderr)
         return 2
     print(report.summary())
@@ -91,8 +95,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from hrm_platform.checkpoint import MANIFEST_FILE
+    from hrm_platform.serving.ingress import check_port_free
 
     serve_config = _config(args).serve
+    check_port_free(serve_config.host, serve_config.port)  # before Ray starts, not in HAProxy minutes later
     if not (args.checkpoint / MANIFEST_FILE).is_file():
         print(f"hrm serve: {args.checkpoint} is not a checkpoint directory (no {MANIFEST_FILE})", file=sys.stderr)
         return 2
@@ -133,9 +139,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from hrm_platform.demo import run_demo
+    from hrm_platform.demo import check_before_training, run_demo
 
-    return run_demo(_config(args), data_path=args.data, keep_serving=args.keep_serving, out_dir=args.out)
+    config = _config(args)
+    try:
+        check_before_training(config)  # a busy port or too little held-out data fails now, not after training
+    except ValueError as error:  # ConfigError, or a data file that cannot be read (OHLCVError)
+        print(f"hrm demo: {error}", file=sys.stderr)
+        return 2
+    return run_demo(config, data_path=args.data, keep_serving=args.keep_serving, out_dir=args.out)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -165,6 +177,9 @@ def _build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="measure engine variants and write the serving manifest")
     export.add_argument("--checkpoint", type=Path, required=True)
     export.add_argument("--variants", nargs="*", default=None, help="variants to try (default: all that apply)")
+    export.add_argument(
+        "overrides", nargs="*", metavar="export.key=value", help="export settings, e.g. export.min_eval_windows=100"
+    )
     export.set_defaults(handler=_cmd_export)
 
     serve = commands.add_parser("serve", help="serve a checkpoint over HTTP until interrupted")

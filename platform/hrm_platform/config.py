@@ -227,6 +227,9 @@ class ExportConfig(_Strict):
         2.0, gt=0, description="... or this multiple of eager fp32's start measured beside it (a loaded machine)"
     )
     eval_windows: int = Field(512, ge=1, description="held-out windows for the agreement check")
+    min_eval_windows: int = Field(
+        256, ge=1, description="fewest held-out windows (test + val) the agreement check accepts"
+    )
     repeats_batch1: int = Field(40, ge=1)
     repeats_batch32: int = Field(8, ge=1)
     measure_ready: bool = Field(True, description="time a fresh process loading each passing variant")

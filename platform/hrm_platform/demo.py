@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hrm_platform.config import PlatformConfig
+from hrm_platform.config import ConfigError, PlatformConfig
 
 
 @dataclass
@@ -88,6 +88,20 @@ def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
     yield
     timings[name] = time.perf_counter() - started
     print(f"    {name} done in {timings[name]:.1f} s", flush=True)
+
+
+def check_before_training(config: PlatformConfig) -> None:
+    """What would stop the demo after minutes of training, checked first (ConfigError, naming the setting):
+    a serve.port in use, or data with too few held-out windows for export's agreement check."""
+    from hrm_platform.data.dataset import build_datasets
+    from hrm_platform.serving.export_checks import too_few_windows_message
+    from hrm_platform.serving.ingress import check_port_free
+
+    check_port_free(config.serve.host, config.serve.port)
+    bundle = build_datasets(config.data)
+    held_out = len(bundle.test) + len(bundle.val)
+    if held_out < config.export.min_eval_windows:
+        raise ConfigError(too_few_windows_message(held_out, config.export.min_eval_windows))
 
 
 def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool, out_dir: Path) -> int:

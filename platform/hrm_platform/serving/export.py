@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from hrm_platform.checkpoint import LoadedCheckpoint, file_sha256, load_model
-from hrm_platform.config import ExportConfig
+from hrm_platform.config import ConfigError, ExportConfig, with_overrides
 from hrm_platform.model.hrm import HRM
 from hrm_platform.serving.engine import InferenceEngine, example_segment_inputs
 from hrm_platform.serving.export_checks import (
@@ -64,6 +64,7 @@ def export_engine(
     checkpoint: str | Path,
     variants: Sequence[str] | None = None,
     settings: ExportSettings | None = None,
+    overrides: Sequence[str] = (),
 ) -> ExportReport:
     """Build, measure and check engine variants of a checkpoint; write the serving manifest + artefacts.
 
@@ -72,11 +73,15 @@ def export_engine(
     """
     checkpoint = Path(checkpoint).absolute()
     hrm, loaded = load_model(checkpoint)
-    settings = settings or loaded.config.export
+    if settings is None:
+        refused = [item for item in overrides if not item.strip().startswith("export.")]
+        if refused:
+            raise ConfigError(f"export overrides change only export.*; refused: {', '.join(refused)}")
+        settings = with_overrides(loaded.config, list(overrides), source=f"{checkpoint} config with overrides").export
     torch_threads = loaded.config.serve.torch_threads
     torch.set_num_threads(torch_threads)
     names = _variant_names(variants)
-    windows = held_out_windows(loaded, settings.eval_windows)  # (N, W, F)
+    windows = held_out_windows(loaded, settings.eval_windows, settings.min_eval_windows)  # (N, W, F)
     staging = checkpoint / f".serving.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:

@@ -23,14 +23,20 @@ from hrm_platform.serving.engine import InferenceEngine, synchronize
 from hrm_platform.serving.export_report import ExportReport, VariantFigures
 from hrm_platform.serving.variants import variant_info
 
-MIN_EVAL_WINDOWS = 256  # held-out windows the agreement check needs at least
+
+class ExportDataError(ValueError):
+    """The checkpoint's data holds too few held-out windows for the agreement check; the message says what to do."""
 
 
-def held_out_windows(loaded: LoadedCheckpoint, count: int) -> Tensor:
-    """(N, W, F) windows spread over the test split (val added when test is short), checkpoint's stats."""
+def held_out_windows(loaded: LoadedCheckpoint, count: int, minimum: int | None = None) -> Tensor:
+    """(N, W, F) windows spread over the test split (val added when test is short), checkpoint's stats.
+
+    ExportDataError when there are fewer than `minimum` (None: the checkpoint's export.min_eval_windows).
+    """
+    minimum = loaded.config.export.min_eval_windows if minimum is None else minimum
     bundle = build_datasets(loaded.config.data, feature_stats=loaded.feature_spec.stats)
     parts = []
-    remaining = max(count, MIN_EVAL_WINDOWS)
+    remaining = max(count, minimum)
     for split in (bundle.test, bundle.val):
         if remaining <= 0 or len(split) == 0:
             continue
@@ -38,12 +44,17 @@ def held_out_windows(loaded: LoadedCheckpoint, count: int) -> Tensor:
         positions = np.unique(np.linspace(0, len(split) - 1, take).round().astype(np.int64))
         parts.append(split.batch(positions)[0])
         remaining -= positions.shape[0]
-    windows = torch.cat(parts)
-    if windows.shape[0] < MIN_EVAL_WINDOWS:
-        raise RuntimeError(
-            f"only {windows.shape[0]} held-out windows (test + val); the agreement check needs {MIN_EVAL_WINDOWS}"
-        )
-    return windows
+    found = sum(part.shape[0] for part in parts)
+    if found < minimum:
+        raise ExportDataError(too_few_windows_message(found, minimum))
+    return torch.cat(parts)
+
+
+def too_few_windows_message(found: int, minimum: int) -> str:
+    return (
+        f"only {found} held-out windows (test + val) in this data; the agreement check needs "
+        f"export.min_eval_windows={minimum}: use more bars, or lower it (e.g. export.min_eval_windows={max(1, found)})"
+    )
 
 
 def measure_latency(

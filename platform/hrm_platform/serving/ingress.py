@@ -21,7 +21,7 @@ import re
 import socket
 from pathlib import Path
 
-from hrm_platform.config import ServeConfig
+from hrm_platform.config import ConfigError, ServeConfig
 
 HAPROXY_BIND_WRAPPER = Path(__file__).with_name("haproxy_bind.sh")
 _BIND_HOST = re.compile(r"^[A-Za-z0-9.:\-]+$")  # an IP or a host name: safe inside the wrapper's sed expression
@@ -76,6 +76,20 @@ def real_haproxy_binary() -> str:
     if Path(binary).resolve() == HAPROXY_BIND_WRAPPER.resolve():  # it would exec itself forever
         raise RuntimeError(f"RAY_SERVE_HAPROXY_BINARY_PATH names {HAPROXY_BIND_WRAPPER}; point it at HAProxy itself")
     return binary
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a serve.port another process listens on, before anything starts (Serve would fail minutes later,
+    deep in HAProxy). SO_REUSEADDR, as servers bind: a port in TIME_WAIT counts as free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"serve.port={port}: {host}:{port} is already in use ({error.strerror}); "
+                f"pick a free one, e.g. serve.port={free_port(host)}"
+            ) from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
