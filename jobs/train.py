@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     # Run directly (no RAY_ADDRESS), run_training starts an embedded loopback cluster, as `hrm train` does.
     try:
         summary = run_training(config, quiet=args.json)
+    except ConfigError as error:  # a finished run, or one trained with other settings (training/run_dir.py)
+        print(f"jobs.train: {error}", file=sys.stderr)
+        return 2
     except TrainingError as error:
         print(f"jobs.train: {error}", file=sys.stderr)
         return 1

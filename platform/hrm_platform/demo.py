@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,6 +117,10 @@ def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool,
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     config.train.storage_path = str(out_dir / "runs")
+    previous = Path(config.train.storage_path) / config.train.name
+    if previous.exists():  # the demo always trains what it says: its own previous run goes
+        print(f"==> replacing the previous demo run in {previous}", flush=True)
+        shutil.rmtree(previous)
     config.serve.access_log = False  # the burst's summary says more than 60 access-log lines
     timings: dict[str, float] = {}
     # One cluster for every stage: training and serving reuse it instead of starting their own.

@@ -29,6 +29,7 @@ from hrm_platform.config import PlatformConfig, TrainConfig
 from hrm_platform.local_ray import init_local_ray
 from hrm_platform.training.fit import SCORE_METRIC, checkpoint_score
 from hrm_platform.training.loop import FAILURE_KEY, loop_config, train_loop_per_worker
+from hrm_platform.training.run_dir import check_run_can_continue
 
 
 class TrainingError(RuntimeError):
@@ -87,8 +88,10 @@ def build_trainer(config: PlatformConfig, *, print_progress: bool = False) -> To
 def run_training(config: PlatformConfig, quiet: bool = False) -> TrainingSummary:
     """Train on the connected Ray cluster (a job's), or on an embedded local one started and stopped here.
 
-    Rank 0 prints a progress line per epoch unless `quiet`.
+    Rank 0 prints a progress line per epoch unless `quiet`. A run of this name that is finished, or was
+    trained with other settings, is refused before Ray starts (`training/run_dir.py`).
     """
+    check_run_can_continue(config)
     with _ray_session(config.train, quiet):
         result = build_trainer(config, print_progress=not quiet).fit()
     outcome = result.return_value if isinstance(result.return_value, dict) else {}
