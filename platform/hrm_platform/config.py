@@ -260,8 +260,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return validate_config(raw, source=str(path) if path else "defaults")
 
 
-def with_overrides(config: PlatformConfig, overrides: list[str] | tuple[str, ...], source: str) -> PlatformConfig:
-    """`config` with `key.sub=value` overrides applied, validated as a whole."""
+def with_overrides(
+    config: PlatformConfig,
+    overrides: list[str] | tuple[str, ...],
+    source: str,
+    sections: tuple[str, ...] | None = None,
+    purpose: str = "",
+) -> PlatformConfig:
+    """`config` with `key.sub=value` overrides applied, validated as a whole; with `sections`, an override of
+    any other section is refused (e.g. an evaluation may not change the model it evaluates)."""
+    refused = [item for item in overrides if sections is not None and item.partition(".")[0].strip() not in sections]
+    if refused:
+        allowed = " and ".join(f"{section}.*" for section in sections or ())
+        raise ConfigError(f"{purpose} overrides change only {allowed}; refused: {', '.join(refused)}")
     raw = config.model_dump(mode="json")
     for override in overrides:
         _apply_override(raw, override)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from hrm_platform.checkpoint import LoadedCheckpoint, file_sha256, load_model
-from hrm_platform.config import ConfigError, ExportConfig, with_overrides
+from hrm_platform.config import ExportConfig, with_overrides
 from hrm_platform.model.hrm import HRM
 from hrm_platform.serving.engine import InferenceEngine, example_segment_inputs
 from hrm_platform.serving.export_checks import (
@@ -74,10 +74,8 @@ def export_engine(
     checkpoint = Path(checkpoint).absolute()
     hrm, loaded = load_model(checkpoint)
     if settings is None:
-        refused = [item for item in overrides if not item.strip().startswith("export.")]
-        if refused:
-            raise ConfigError(f"export overrides change only export.*; refused: {', '.join(refused)}")
-        settings = with_overrides(loaded.config, list(overrides), source=f"{checkpoint} config with overrides").export
+        source = f"{checkpoint} config with overrides"
+        settings = with_overrides(loaded.config, list(overrides), source, ("export",), "export").export
     torch_threads = loaded.config.serve.torch_threads
     torch.set_num_threads(torch_threads)
     names = _variant_names(variants)

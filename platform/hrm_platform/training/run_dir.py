@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hrm_platform.checkpoint import MANIFEST_FILE, load_checkpoint
-from hrm_platform.config import ConfigError, PlatformConfig
+from hrm_platform.checkpoint import MANIFEST_FILE, load_manifest
+from hrm_platform.config import ConfigError, PlatformConfig, validate_config
 
 # train.* settings a continued run must share with the checkpoint (the rest, such as epochs, workers,
 # checkpoint counts or validation frequency, may change between two legs of one run).
@@ -37,8 +37,8 @@ def check_run_can_continue(config: PlatformConfig) -> None:
     latest = latest_checkpoint_of_run(train.storage_path, train.name)
     if latest is None:
         return
-    loaded = load_checkpoint(latest)
-    saved = loaded.config
+    manifest = load_manifest(latest)  # hashes verified; the weights are not needed here
+    saved = validate_config(manifest["config"], source=f"{latest / MANIFEST_FILE} config")
     changed = [f"model.{key}" for key in type(config.model).model_fields
                if getattr(saved.model, key) != getattr(config.model, key)]
     changed += [f"data.{key}" for key in type(config.data).model_fields
@@ -50,7 +50,7 @@ def check_run_can_continue(config: PlatformConfig) -> None:
             f"run {train.name!r} in {latest.parent} was trained with {was}; starting it again would continue it "
             f"with other settings. Use a new train.name, or restore those values"
         )
-    finished = loaded.epoch
+    finished = int(manifest["epoch"])
     if finished >= train.epochs:
         raise ConfigError(
             f"run {train.name!r} already finished at epoch {finished}/{train.epochs} ({latest}); nothing to train "
