@@ -34,7 +34,20 @@ class DataConfig(_Strict):
     n_instruments: int = Field(4, ge=1, le=256, description="synthetic instruments")
     n_bars: int = Field(6000, ge=200, description="synthetic bars per instrument")
     seed: int = 7
-    bars_per_year: int = Field(252 * 26, gt=0, description="bar frequency, for annualising (15-min bars)")
+    bars_per_year: float | None = Field(
+        None,
+        gt=0,
+        description="bar frequency for annualising; None = inferred from the timestamps (data/frequency.py). An "
+        "override more than 2x off the inferred frequency is refused",
+    )
+    signal_strength: float = Field(
+        1.0,
+        gt=0,
+        le=20,
+        description="synthetic market: scale of the predictable part (trend drift and mean reversion); 1 = the "
+        "calibrated default (oracle 8-bar IC ~0.12, benchmarks/market_calibration.py), higher = an easier task "
+        "(2: IC ~0.20, 4: ~0.30, 20: ~0.58, which restores the pre-calibration trend and mean reversion)",
+    )
     window: int = Field(64, ge=4, le=1024, description="bars per model input window")
     horizon: int = Field(8, ge=1, description="bars ahead for the forward-return label")
     label_threshold: float = Field(
@@ -43,11 +56,23 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.15, ge=0, lt=0.5)
     test_fraction: float = Field(0.15, ge=0, lt=0.5)
     embargo: int | None = Field(None, ge=0, description="bars between splits; None = window + horizon")
+    fold: int | None = Field(
+        None,
+        ge=0,
+        description="walk-forward fold whose test period this data's test split is (0 = earliest); None = the "
+        "val/test fractions split. Train and val then end an embargo before the fold (expanding window)",
+    )
+    folds: int = Field(4, ge=1, le=64, description="walk-forward folds over the out-of-sample period")
+    oos_fraction: float = Field(
+        0.5, gt=0, lt=1, description="share of each instrument's labelled bars that the folds' test periods cover"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.source == "file" and self.path is None:
             raise ValueError("data.path is required when data.source='file'")
+        if self.fold is not None and self.fold >= self.folds:
+            raise ValueError(f"data.fold={self.fold} must be below data.folds={self.folds}")
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError(
                 f"data.val_fraction + data.test_fraction = {self.val_fraction + self.test_fraction} "
@@ -236,11 +261,58 @@ class ExportConfig(_Strict):
     ready_timeout_s: float = Field(120.0, gt=0, description="a fresh replica not ready after this is not servable")
 
 
+BASELINE_NAMES = ("lightgbm", "mlp", "transformer")
+
+
 class EvalConfig(_Strict):
-    """Backtest settings."""
+    """Backtest settings, the uncertainty of its figures, and the trained baselines beside the model."""
 
     cost_bps: float = Field(1.0, ge=0, description="transaction cost per unit of turnover, basis points")
     momentum_lookback: int = Field(20, ge=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="level of every confidence interval")
+    bootstrap_resamples: int = Field(1000, ge=100, description="stationary block bootstrap resamples")
+    bootstrap_block: float | None = Field(
+        None, gt=1, description="mean block length in bars; None = Politis-White's optimal length for the series"
+    )
+    bootstrap_seed: int = 0
+    baselines: tuple[str, ...] = Field(
+        BASELINE_NAMES, description="trained baselines fitted on the same features, windows, labels and folds"
+    )
+    baseline_seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        unknown = [name for name in self.baselines if name not in BASELINE_NAMES]
+        if unknown:
+            raise ValueError(f"eval.baselines: unknown {unknown}; choose from {list(BASELINE_NAMES)}")
+        return self
+
+
+class BaselineConfig(_Strict):
+    """The trained baselines' sizes and optimisation (baselines/): same features, windows and labels as the HRM."""
+
+    lightgbm_estimators: int = Field(200, ge=1, description="boosting rounds at most (early stopping on val)")
+    lightgbm_leaves: int = Field(15, ge=2, description="leaves per tree")
+    lightgbm_learning_rate: float = Field(0.05, gt=0)
+    lightgbm_lags: int = Field(
+        4, ge=1, description="last bars' feature rows given to the trees, flattened (at most the window)"
+    )
+    lightgbm_early_stopping: int = Field(20, ge=1, description="rounds without a better val loss before stopping")
+    mlp_hidden: int = Field(64, ge=1, description="width of the MLP's two hidden layers (last bar's features in)")
+    epochs: int = Field(8, ge=1, description="MLP and transformer epochs (the best val-accuracy epoch is kept)")
+    batch_size: int = Field(256, ge=1, description="MLP and transformer batch size (training and prediction)")
+    lr: float = Field(2e-3, gt=0, description="MLP and transformer AdamW learning rate")
+    weight_decay: float = Field(0.01, ge=0, description="MLP and transformer AdamW weight decay")
+    quantity_loss_weight: float = Field(
+        default_factory=lambda: TrainConfig.model_fields["quantity_loss_weight"].default,
+        ge=0,
+        description="weight of the quantity MSE beside the action cross entropy; default: the HRM's "
+        "train.quantity_loss_weight default, so both optimise the same loss",
+    )
+    max_train_samples: int | None = Field(
+        None, ge=1, description="fit on a seeded subsample of this many train windows (speed); None = all"
+    )
+    threads: int = Field(1, ge=1, description="torch / LightGBM threads per baseline fit")
 
 
 class PlatformConfig(_Strict):
@@ -250,6 +322,7 @@ class PlatformConfig(_Strict):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    baselines: BaselineConfig = Field(default_factory=BaselineConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PlatformConfig:
@@ -271,7 +344,7 @@ def with_overrides(
     any other section is refused (e.g. an evaluation may not change the model it evaluates)."""
     refused = [item for item in overrides if sections is not None and item.partition(".")[0].strip() not in sections]
     if refused:
-        allowed = " and ".join(f"{section}.*" for section in sections or ())
+        allowed = ", ".join(f"{section}.*" for section in sections or ())
         raise ConfigError(f"{purpose} overrides change only {allowed}; refused: {', '.join(refused)}")
     raw = config.model_dump(mode="json")
     for override in overrides:
