@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None:
         _profile(run, bundle, sampler, config, collective, device, args.profile)
     if args.save is not None:
-        write_checkpoint(args.save, run, config, bundle.feature_spec, metrics, [capture_rng_state()])
+        write_checkpoint(args.save, run, config, bundle, metrics, [capture_rng_state()])
     print(json.dumps({
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

@@ -4,7 +4,8 @@
       model.pt            the model's state_dict (tensors only)
       training_state.pt   optimizer, scheduler, epoch, step, RNG state (optional; present for resumable runs)
       manifest.json       format_version, model_version, created_at, git_revision, config, feature_spec,
-                          n_features, window, epoch, metrics {latest, history}, files {name: sha256}
+                          data (source, spans, splits, bar frequency), n_features, window, epoch,
+                          metrics {latest, history}, files {name: sha256}
 
 Writing goes to a hidden temporary directory beside the target, which is renamed into place at the end, so
 a reader never sees half a checkpoint. Reading verifies the format version and every file's sha256 before
@@ -65,6 +66,11 @@ class LoadedCheckpoint:
         return self.manifest["epoch"]
 
     @property
+    def data_description(self) -> dict[str, Any]:
+        """What the model was trained on (`DatasetBundle.description()`); empty for older checkpoints."""
+        return self.manifest.get("data") or {}
+
+    @property
     def metrics(self) -> dict[str, Any]:
         """The latest epoch's metrics (the per-epoch history is in manifest["metrics"]["history"])."""
         return self.manifest["metrics"]["latest"]
@@ -85,12 +91,13 @@ def save_checkpoint(
     history: Sequence[Mapping[str, Any]] = (),
     n_features: int | None = None,
     window: int | None = None,
+    data_description: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint to `directory` atomically and return its path.
 
     `metrics` are the latest epoch's; `history` the per-epoch list (defaults to `[metrics]`). `n_features`
-    and `window` default to the feature spec's. An existing directory at the target is replaced only after
-    the new one is complete.
+    and `window` default to the feature spec's; `data_description` is `DatasetBundle.description()`. An
+    existing directory at the target is replaced only after the new one is complete.
     """
     target = Path(directory).absolute()
     spec = _feature_spec_dict(feature_spec)
@@ -107,6 +114,7 @@ def save_checkpoint(
             "git_revision": git_revision(),
             "config": config.model_dump(mode="json"),
             "feature_spec": spec,
+            "data": _json_safe(dict(data_description or {})),
             "n_features": int(n_features if n_features is not None else len(spec["names"])),
             "window": int(window if window is not None else spec["window"]),
             "epoch": int(epoch),

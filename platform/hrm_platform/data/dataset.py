@@ -14,6 +14,11 @@ Splits are chronological per instrument: train ends, then val ends, then test en
 `embargo` whole bars separate the last bar a split touches (its last label, t + h) from the first bar the
 next split's windows read (t - window + 1), so no window or label horizon crosses a split.
 
+Walk-forward (`data.fold` = k of `data.folds`): the last `oos_fraction` of each instrument's labelled end bars
+is cut into `folds` consecutive test periods; fold k tests on period k and trains (and validates) on
+everything before it, the same embargo apart (an expanding window). Bars after the fold's test period belong
+to no split of that fold.
+
     bundle = build_datasets(load_config("jobs/configs/smoke.yaml").data)
     window, action, quantity = bundle.train[0]   # (W, F) float32, () int64, () float32
 """
@@ -36,6 +41,7 @@ from hrm_platform.data.features import (
     compute_features,
     rolling_volatility,
 )
+from hrm_platform.data.frequency import BarFrequency, resolve_frequency
 from hrm_platform.data.market import REGIME_NAMES, SyntheticMarket, generate_market
 from hrm_platform.data.ohlcv import BAR_COLUMNS, load_ohlcv
 
@@ -110,6 +116,26 @@ class DatasetBundle:
     config: DataConfig | None = None
     source: str = "synthetic"
     split_ends: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # symbol -> split -> [start, stop)
+    frequency: BarFrequency | None = None  # bars per year for annualising, and where that figure came from
+
+    @property
+    def bars_per_year(self) -> float:
+        if self.frequency is None:
+            raise ValueError("this bundle was built without a bar frequency")
+        return self.frequency.bars_per_year
+
+    def description(self) -> dict[str, object]:
+        """What the data was, for a checkpoint's manifest: source, instruments, spans, splits, frequency."""
+        return {
+            "source": self.source,
+            "symbols": list(self.symbols),
+            "bars": {symbol: len(frame) for symbol, frame in self.bars.items()},
+            "first_bar": {symbol: str(frame.index[0]) for symbol, frame in self.bars.items()},
+            "last_bar": {symbol: str(frame.index[-1]) for symbol, frame in self.bars.items()},
+            "split_ends": {symbol: {name: list(bounds) for name, bounds in ranges.items()}
+                           for symbol, ranges in self.split_ends.items()},
+            "frequency": None if self.frequency is None else self.frequency.to_dict(),
+        }
 
     def split(self, name: str) -> WindowDataset:
         if name not in SPLITS:
@@ -169,6 +195,35 @@ def split_ranges(
     return ranges
 
 
+def fold_ranges(
+    n_bars: int, window: int, horizon: int, embargo: int, val_fraction: float, fold: int, folds: int,
+    oos_fraction: float,
+) -> dict[str, tuple[int, int]]:
+    """End-bar ranges [start, stop) of walk-forward fold `fold` of `folds` for one instrument of `n_bars` bars.
+
+    The last `oos_fraction` of the labelled end bars [LOOKBACK + window - 1, n_bars - 1 - horizon] is cut into
+    `folds` consecutive test periods. Train and val are `split_ranges` of the bars before the fold's test
+    period, ending `window + horizon + embargo` end bars before it, exactly as val ends before test.
+    """
+    first_end, last_end = LOOKBACK + window - 1, n_bars - 1 - horizon
+    n_oos = int((last_end - first_end + 1) * oos_fraction)
+    if n_oos < folds:
+        raise ValueError(f"{n_bars} bars leave {max(n_oos, 0)} out-of-sample end bars for {folds} folds")
+    oos_start = last_end + 1 - n_oos
+    test = (oos_start + fold * n_oos // folds, oos_start + (fold + 1) * n_oos // folds)
+    gap = window + horizon + embargo
+    bars_before = test[0] - gap + 1 + horizon  # a history whose last labelled end bar is test[0] - gap
+    try:
+        before = split_ranges(bars_before, window, horizon, embargo, val_fraction, 0.0)
+    except ValueError:
+        raise ValueError(
+            f"{n_bars} bars are too few for walk-forward fold {fold} of {folds}: its test period starts at bar "
+            f"{test[0]}, which leaves too little before it for window {window}, lookback {LOOKBACK}, horizon "
+            f"{horizon}, embargo {embargo} and val fraction {val_fraction} (lower data.oos_fraction)"
+        ) from None
+    return {"train": before["train"], "val": before["val"], "test": test}
+
+
 def min_bars(config: DataConfig) -> int:
     """Rows an instrument needs for a single labelled window."""
     return LOOKBACK + config.window + config.horizon
@@ -178,7 +233,9 @@ def build_datasets(config: DataConfig, feature_stats: FeatureStats | None = None
     """Bars -> features -> labels -> chronological splits; stats are fitted on train rows unless given."""
     market = None
     if config.source == "synthetic":
-        market = generate_market(config.n_instruments, config.n_bars, config.seed, config.horizon)
+        market = generate_market(
+            config.n_instruments, config.n_bars, config.seed, config.horizon, signal_strength=config.signal_strength
+        )
         bars = market.bars
     else:
         bars = load_ohlcv(config.path, min_rows=min_bars(config))
@@ -202,6 +259,7 @@ def build_datasets(config: DataConfig, feature_stats: FeatureStats | None = None
         for name in SPLITS
     }
     spec = FeatureSpec(names=FEATURE_NAMES, lookback=LOOKBACK, window=config.window, stats=feature_stats)
+    frequency = resolve_frequency(bars, config.bars_per_year, stated=market.bars_per_year if market else None)
     return DatasetBundle(
         **splits,
         feature_spec=spec,
@@ -212,11 +270,17 @@ def build_datasets(config: DataConfig, feature_stats: FeatureStats | None = None
         config=config,
         source="synthetic" if market is not None else str(config.path),
         split_ends=ranges,
+        frequency=frequency,
     )
 
 
 def _instrument_ranges(symbol: str, n_bars: int, config: DataConfig) -> dict[str, tuple[int, int]]:
     try:
+        if config.fold is not None:
+            return fold_ranges(
+                n_bars, config.window, config.horizon, config.embargo_bars, config.val_fraction, config.fold,
+                config.folds, config.oos_fraction,
+            )
         return split_ranges(
             n_bars, config.window, config.horizon, config.embargo_bars, config.val_fraction, config.test_fraction
         )
@@ -243,9 +307,12 @@ def describe_datasets(bundle: DatasetBundle) -> str:
     spec = bundle.feature_spec
     horizon = bundle.config.horizon if bundle.config else "?"
     embargo = bundle.config.embargo_bars if bundle.config else "?"
+    fold = bundle.config.fold if bundle.config else None
+    split = "val/test fractions" if fold is None else f"walk-forward fold {fold} of {bundle.config.folds}"
     lines = [
         f"source: {bundle.source}",
-        f"window {spec.window} bars, lookback {spec.lookback}, horizon {horizon}, embargo {embargo}; "
+        f"bar frequency: {bundle.frequency.describe() if bundle.frequency else 'unknown'}",
+        f"window {spec.window} bars, lookback {spec.lookback}, horizon {horizon}, embargo {embargo}; split: {split}; "
         f"{spec.n_features} features: {', '.join(spec.names)}",
         "",
         f"{'instrument':<12}{'bars':>9}  {'first bar (UTC)':<17}  {'last bar (UTC)':<17}",

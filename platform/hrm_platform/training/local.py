@@ -48,7 +48,7 @@ def train_local(config: PlatformConfig, out_dir: Path, *, progress: ProgressFn |
         resume_from(load_checkpoint(latest, with_training_state=True), run, config, rank=0)
 
     def save_epoch(metrics: dict, rng_by_rank: list[dict]) -> None:
-        write_checkpoint(out_dir / checkpoint_name(run.epoch), run, config, bundle.feature_spec, metrics, rng_by_rank)
+        write_checkpoint(out_dir / checkpoint_name(run.epoch), run, config, bundle, metrics, rng_by_rank)
         _prune(out_dir, config.train.keep_checkpoints)
 
     fit(run, bundle, sampler, config, collective, save_epoch, progress)

@@ -97,5 +97,5 @@ def _report(
         return
     name = checkpoint_name(run.epoch)
     with tempfile.TemporaryDirectory(prefix="hrm-checkpoint-") as staging:
-        directory = write_checkpoint(Path(staging) / name, run, platform, bundle.feature_spec, metrics, rng_by_rank)
+        directory = write_checkpoint(Path(staging) / name, run, platform, bundle, metrics, rng_by_rank)
         ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(directory), checkpoint_dir_name=name)

@@ -1,7 +1,7 @@
 """Everything an exact continuation needs: RNG states per rank, optimizer and schedule, the epoch's
 checkpoint, and resuming from one (refusing a checkpoint of another model or data set).
 
-    write_checkpoint(directory, run, config, feature_spec, metrics, rng_by_rank)
+    write_checkpoint(directory, run, config, bundle, metrics, rng_by_rank)
     resume_from(load_checkpoint(directory, with_training_state=True), run, config, rank)
 """
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from hrm_platform.checkpoint import CheckpointError, LoadedCheckpoint, save_checkpoint
 from hrm_platform.config import PlatformConfig
-from hrm_platform.data.features import FeatureSpec
+from hrm_platform.data.dataset import DatasetBundle
 from hrm_platform.model.hrm import unwrap_model
 from hrm_platform.training.state import TrainingRun
 
@@ -103,15 +103,17 @@ def checkpoint_name(epoch: int) -> str:
 
 
 def write_checkpoint(
-    directory: Path, run: TrainingRun, config: PlatformConfig, feature_spec: FeatureSpec,
+    directory: Path, run: TrainingRun, config: PlatformConfig, bundle: DatasetBundle,
     metrics: dict[str, Any], rng_by_rank: list[dict[str, Any]],
 ) -> Path:
-    """The checkpoint of the epoch just finished (weights of the unwrapped HRM, never DDP's `module.` keys)."""
+    """The checkpoint of the epoch just finished (weights of the unwrapped HRM, never DDP's `module.` keys),
+    with the feature spec and the description of the data it was trained on (bar frequency included)."""
     return save_checkpoint(
         directory,
         model_state=run.hrm.state_dict(),
         config=config,
-        feature_spec=feature_spec,
+        feature_spec=bundle.feature_spec,
+        data_description=bundle.description(),
         epoch=run.epoch,
         metrics=metrics,
         training_state=training_state(run, rng_by_rank),

@@ -34,9 +34,22 @@ def latest_checkpoint_of_run(storage_path: str, name: str) -> Path | None:
 def check_run_can_continue(config: PlatformConfig) -> None:
     """Refuse (ConfigError) a run that is finished, or whose checkpoint has other settings; pass otherwise."""
     train = config.train
+    if run_is_finished(config):
+        latest = latest_checkpoint_of_run(train.storage_path, train.name)
+        finished = int(load_manifest(latest)["epoch"])
+        raise ConfigError(
+            f"run {train.name!r} already finished at epoch {finished}/{train.epochs} ({latest}); nothing to train "
+            f"(raise train.epochs to continue it, or use a new train.name)"
+        )
+
+
+def run_is_finished(config: PlatformConfig) -> bool:
+    """Whether the run has trained `train.epochs` already with these settings; ConfigError if it has other
+    settings (continuing it would mix them); False when there is no run yet or it can continue."""
+    train = config.train
     latest = latest_checkpoint_of_run(train.storage_path, train.name)
     if latest is None:
-        return
+        return False
     manifest = load_manifest(latest)  # hashes verified; the weights are not needed here
     saved = validate_config(manifest["config"], source=f"{latest / MANIFEST_FILE} config")
     changed = [f"model.{key}" for key in type(config.model).model_fields
@@ -50,12 +63,7 @@ def check_run_can_continue(config: PlatformConfig) -> None:
             f"run {train.name!r} in {latest.parent} was trained with {was}; starting it again would continue it "
             f"with other settings. Use a new train.name, or restore those values"
         )
-    finished = int(manifest["epoch"])
-    if finished >= train.epochs:
-        raise ConfigError(
-            f"run {train.name!r} already finished at epoch {finished}/{train.epochs} ({latest}); nothing to train "
-            f"(raise train.epochs to continue it, or use a new train.name)"
-        )
+    return int(manifest["epoch"]) >= train.epochs
 
 
 def _value(config: PlatformConfig, dotted: str) -> object:

@@ -19,6 +19,7 @@ from hrm_platform.data.dataset import (
     SPLITS,
     build_datasets,
     describe_datasets,
+    fold_ranges,
     label_actions,
     split_ranges,
 )
@@ -216,3 +217,59 @@ def test_file_source_keeps_raw_bars(tmp_path: Path, bundle) -> None:
     window_synthetic, action_synthetic, _ = bundle.test[7]
     torch.testing.assert_close(window_file, window_synthetic)
     assert action_file == action_synthetic
+
+
+# --- walk-forward folds ---------------------------------------------------------------------------------------
+
+FOLDS = 4
+
+
+def _fold(config: DataConfig, fold: int) -> dict[str, tuple[int, int]]:
+    return fold_ranges(1500, config.window, config.horizon, config.embargo_bars, config.val_fraction, fold, FOLDS,
+                       config.oos_fraction)
+
+
+def test_fold_test_periods_tile_the_out_of_sample_share_in_order() -> None:
+    config = SMALL
+    tests = [_fold(config, fold)["test"] for fold in range(FOLDS)]
+    for (_, stop), (start, _) in zip(tests, tests[1:]):
+        assert start == stop  # consecutive, no bar in two folds, none skipped
+    first_end, last_end = LOOKBACK + config.window - 1, 1500 - 1 - config.horizon
+    assert tests[-1][1] == last_end + 1  # the folds reach the last labelled bar
+    covered = tests[-1][1] - tests[0][0]
+    assert covered == int((last_end - first_end + 1) * config.oos_fraction)
+    assert max(stop - start for start, stop in tests) - min(stop - start for start, stop in tests) <= 1
+
+
+def test_every_fold_trains_only_before_its_test_period_minus_the_embargo() -> None:
+    """No train or val label reads a bar within `embargo` bars of the first bar a test window reads."""
+    config = SMALL
+    previous_train_stop = 0
+    for fold in range(FOLDS):
+        ranges = _fold(config, fold)
+        first_test_bar = ranges["test"][0] - config.window + 1  # the first bar a test window reads
+        last_label_bar = max(ranges["train"][1], ranges["val"][1]) - 1 + config.horizon
+        assert last_label_bar < first_test_bar - config.embargo_bars
+        assert last_label_bar == first_test_bar - config.embargo_bars - 1  # and no more is held back
+        assert ranges["train"][1] > previous_train_stop  # an expanding window
+        previous_train_stop = ranges["train"][1]
+
+
+def test_fold_datasets_fit_stats_on_their_own_train_rows_and_index_their_ranges() -> None:
+    config = SMALL.model_copy(update={"fold": 1, "folds": FOLDS})
+    bundle = build_datasets(config)
+    for instrument, symbol in enumerate(bundle.symbols):
+        for split in SPLITS:
+            ends = bundle.split(split).index[bundle.split(split).index[:, 0] == instrument, 1]
+            start, stop = bundle.split_ends[symbol][split]
+            assert (ends.min(), ends.max() + 1) == (start, stop)
+    later = build_datasets(SMALL.model_copy(update={"fold": 3, "folds": FOLDS}))
+    assert not np.allclose(bundle.feature_spec.stats.mean, later.feature_spec.stats.mean)  # more history, new stats
+    assert "walk-forward fold 1 of 4" in describe_datasets(bundle)
+
+
+def test_too_many_folds_for_the_history_are_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="too few for walk-forward fold 0 of 4"):
+        build_datasets(SMALL.model_copy(update={"fold": 0, "folds": FOLDS, "oos_fraction": 0.95}))
+    with pytest.raises(ValueError, match="data.fold=4 must be below data.folds=4"):
+        DataConfig(fold=4, folds=4)

@@ -12,12 +12,14 @@ from hrm_platform.data.dataset import build_datasets
 from hrm_platform.model.act import deep_supervision_step, predict
 from hrm_platform.model.hrm import HRM
 
-DATA = DataConfig(n_instruments=4, n_bars=2500, window=16, horizon=8, seed=7)
+# The calibrated default market (oracle IC ~0.12) is too hard for 60 batches; strength 20 restores the trend and
+# mean reversion the test was written for.
+DATA = DataConfig(n_instruments=4, n_bars=2500, window=16, horizon=8, seed=7, signal_strength=20.0)
 MODEL = ModelConfig(d_model=32, n_heads=2, h_layers=1, l_layers=1, h_cycles=1, l_cycles=2, max_segments=3)
 BATCHES = 60  # ~10 s on one idle core
 BATCH_SIZE = 64
 LR = 2e-3
-# Torch/numpy seeds 0, 1, 2 reach 0.460, 0.480, 0.489 against a majority class of 0.368; a model that ignores
+# Torch/numpy seeds 0, 1, 2 reach 0.453, 0.466, 0.459 against a majority class of 0.358; a model that ignores
 # its input cannot beat the majority fraction at all.
 MARGIN = 0.06
 
