@@ -65,6 +65,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hrm_platform.checkpoint import CheckpointError
     from hrm_platform.evaluation.backtest import evaluate_checkpoint
 
+    if (args.checkpoint is None) == (args.walk_forward is None):
+        print("hrm evaluate: give --checkpoint (backtest it on its test split) or --walk-forward K (train and "
+              "backtest K out-of-sample folds), not both", file=sys.stderr)
+        return 2
+    if args.walk_forward is not None:
+        return _walk_forward(args)
+    if args.config is not None:
+        print("hrm evaluate: --config goes with --walk-forward; a checkpoint is evaluated with its own config "
+              "(change eval.*, data.* or baselines.* with overrides)", file=sys.stderr)
+        return 2
     try:
         report = evaluate_checkpoint(args.checkpoint, args.out, data_path=args.data, overrides=args.overrides)
     except (CheckpointError, ValueError) as error:  # unreadable checkpoint, OHLCVError, too few bars for the split
@@ -72,6 +82,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     print(report.summary())
     return 0
+
+
+def _walk_forward(args: argparse.Namespace) -> int:
+    from hrm_platform.evaluation.walk_forward import run_walk_forward
+    from hrm_platform.evaluation.walk_forward_report import write_walk_forward_report
+    from hrm_platform.training.trainer import TrainingError
+
+    if args.walk_forward < 1:
+        print(f"hrm evaluate: --walk-forward needs at least 1 fold, got {args.walk_forward}", file=sys.stderr)
+        return 2
+    config = _config(args)
+    try:
+        runs = run_walk_forward(config, args.walk_forward, args.out, progress=_progress_line)
+    except (TrainingError, ValueError) as error:  # ConfigError (too few bars for K folds), OHLCVError
+        print(f"hrm evaluate: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ValueError) else 1
+    print(write_walk_forward_report(runs, config, args.out).summary())
+    return 0
+
+
+def _progress_line(line: str) -> None:
+    print(f"  {line}", flush=True)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -147,7 +179,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as error:  # ConfigError, or a data file that cannot be read (OHLCVError)
         print(f"hrm demo: {error}", file=sys.stderr)
         return 2
-    return run_demo(config, data_path=args.data, keep_serving=args.keep_serving, out_dir=args.out)
+    return run_demo(config, keep_serving=args.keep_serving, out_dir=args.out)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -164,13 +196,21 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print a machine-readable summary only")
     train.set_defaults(handler=_cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="backtest a checkpoint on the test split")
-    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate = commands.add_parser(
+        "evaluate", help="backtest a checkpoint on its test split, or walk forward over K out-of-sample folds",
+        description="With --checkpoint: backtest it and trained baselines on its test split. With --walk-forward "
+        "K: train a model per fold (Ray Train, folds run concurrently as the cluster has room) on the history "
+        "before each of K consecutive test periods, and report every fold and the folds pooled.",
+    )
+    evaluate.add_argument("--checkpoint", type=Path, default=None)
+    evaluate.add_argument("--walk-forward", type=int, default=None, metavar="K", help="folds to train and test")
+    evaluate.add_argument("--config", type=Path, default=None, help="YAML preset for --walk-forward")
     evaluate.add_argument("--data", type=Path, default=None, help="OHLCV CSV/Parquet instead of the synthetic market")
     evaluate.add_argument("--out", type=Path, default=Path("artifacts/eval"))
     evaluate.add_argument(
         "overrides", nargs="*", metavar="section.key=value",
-        help="eval.* and data.* changes for this evaluation, e.g. eval.cost_bps=5 data.bars_per_year=252",
+        help="with --checkpoint: eval.*, data.* and baselines.* changes, e.g. eval.cost_bps=5; with "
+        "--walk-forward: any setting, e.g. train.epochs=2",
     )
     evaluate.set_defaults(handler=_cmd_evaluate)
 

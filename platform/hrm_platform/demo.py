@@ -1,7 +1,9 @@
 """The main job, end to end on an embedded local Ray cluster: `make demo` (= `hrm demo`).
 
-    data -> Ray Train (DDP, 2 workers) -> checkpoint -> backtest report -> engine export
-         -> Ray Serve on 127.0.0.1 -> a burst of real HTTP requests -> summary
+    data -> walk-forward: per fold a Ray Train run (DDP, 2 workers) and trained baselines, backtested on
+            the fold's out-of-sample period -> pooled report with intervals -> engine export of the last
+            fold's model (trained on the most history) -> Ray Serve on 127.0.0.1 -> a burst of real HTTP
+            requests -> summary
 
 Every stage prints a line when it starts, so a user sees where the time goes. The summary is also written
 as `<out>/summary.json`, which the end-to-end test reads.
@@ -45,8 +47,14 @@ class DemoSummary:
     url: str
     validation_accuracy: float | None
     test_accuracy: float | None
-    sharpe: dict[str, float]
-    oracle_pnl_captured: float | None
+    folds: int
+    out_of_sample: str  # the pooled test period
+    bar_frequency: str
+    sharpe: dict[str, float]  # pooled out-of-sample, per strategy
+    sharpe_ci: dict[str, list[float]]  # its interval
+    confidence: float
+    information_coefficient: dict[str, float]  # per trained model (and the oracle), pooled
+    information_coefficient_ci: dict[str, list[float]]
     engine_variant: str
     engine_speedup_batch1: float | None
     burst: BurstResult
@@ -54,16 +62,22 @@ class DemoSummary:
     curl: str
 
     def render(self) -> str:
-        sharpe = ", ".join(f"{name} {value:+.2f}" for name, value in self.sharpe.items())
         burst = self.burst
+        level = f"{self.confidence:.0%} CI"
         lines = [
             "",
             "=" * 72,
             "HRM demo summary",
             "=" * 72,
-            f"validation accuracy   {_pct(self.validation_accuracy)}   test accuracy {_pct(self.test_accuracy)}",
-            f"Sharpe (test split)   {sharpe}",
-            f"oracle PnL captured   {_pct(self.oracle_pnl_captured)}",
+            f"walk-forward          {self.folds} out-of-sample folds pooled: {self.out_of_sample}",
+            f"bar frequency         {self.bar_frequency}",
+            f"Sharpe, pooled        strategy          Sharpe   {level:<18}IC (pooled, {level})",
+            *(f"                      {name:<16}{value:>+7.2f}   {_interval(self.sharpe_ci[name]):<18}"
+              + (f"{self.information_coefficient[name]:+.3f} {_interval(self.information_coefficient_ci[name], 3)}"
+                 if name in self.information_coefficient else "")
+              for name, value in self.sharpe.items()),
+            f"accuracy              last fold validation {_pct(self.validation_accuracy)}, pooled test "
+            f"{_pct(self.test_accuracy)}",
             f"engine                {self.engine_variant}"
             + (f" ({self.engine_speedup_batch1:.2f}x eager fp32 at batch 1)" if self.engine_speedup_batch1 else ""),
             f"HTTP burst            {burst.requests} requests, {burst.errors} errors, {burst.cache_hits} cache hits,"
@@ -82,6 +96,10 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _interval(bounds: list[float], decimals: int = 2) -> str:
+    return f"[{bounds[0]:+.{decimals}f}, {bounds[1]:+.{decimals}f}]"
+
+
 @contextmanager
 def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
     print(f"\n==> {name}", flush=True)
@@ -95,43 +113,49 @@ def check_before_training(config: PlatformConfig) -> None:
     """What would stop the demo after minutes of training, checked first (ConfigError, naming the setting):
     a serve.port in use, or data with too few held-out windows for export's agreement check."""
     from hrm_platform.data.dataset import build_datasets
+    from hrm_platform.evaluation.walk_forward import check_folds, fold_config
     from hrm_platform.serving.export_checks import too_few_windows_message
     from hrm_platform.serving.ingress import check_port_free
 
     check_port_free(config.serve.host, config.serve.port)
-    bundle = build_datasets(config.data)
+    check_folds(config, config.data.folds)
+    last_fold = fold_config(config, config.data.folds - 1, config.data.folds, Path("."))
+    bundle = build_datasets(last_fold.data)  # the fold whose model is exported and served
     held_out = len(bundle.test) + len(bundle.val)
     if held_out < config.export.min_eval_windows:
         raise ConfigError(too_few_windows_message(held_out, config.export.min_eval_windows))
 
 
-def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool, out_dir: Path) -> int:
-    """Run every stage; returns the process exit code. `config.data` already points at `data_path` when given
-    (the CLI turns `--data` into overrides); the path is passed on to the evaluation."""
-    from hrm_platform.evaluation.backtest import evaluate_checkpoint
+def run_demo(config: PlatformConfig, keep_serving: bool, out_dir: Path) -> int:
+    """Run every stage; returns the process exit code. `config.data` already points at a `--data` file when
+    one was given (the CLI turns `--data` into overrides)."""
+    from hrm_platform.evaluation.walk_forward import run_walk_forward
+    from hrm_platform.evaluation.walk_forward_report import write_walk_forward_report
     from hrm_platform.local_ray import init_local_ray
     from hrm_platform.serving.export import export_engine
     from hrm_platform.serving.lifecycle import start_server
-    from hrm_platform.training.trainer import run_training
 
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    config.train.storage_path = str(out_dir / "runs")
-    previous = Path(config.train.storage_path) / config.train.name
-    if previous.exists():  # the demo always trains what it says: its own previous run goes
-        print(f"==> replacing the previous demo run in {previous}", flush=True)
+    walk_forward_dir = out_dir / "report"
+    previous = walk_forward_dir / "runs"
+    if previous.exists():  # the demo always trains what it says: its own previous runs go
+        print(f"==> replacing the previous demo runs in {previous}", flush=True)
         shutil.rmtree(previous)
     config.serve.access_log = False  # the burst's summary says more than 60 access-log lines
     timings: dict[str, float] = {}
     # One cluster for every stage: training and serving reuse it instead of starting their own.
-    init_local_ray(num_cpus=max(os.cpu_count() or 1, config.train.num_workers))
+    # log_to_driver off: the walk-forward stage prints a line per fold step; Ray's worker chatter would bury them.
+    init_local_ray(num_cpus=max(os.cpu_count() or 1, config.train.num_workers), log_to_driver=False)
 
-    with _stage("train (Ray Train, DDP)", timings):
-        training = run_training(config)
-    checkpoint = Path(training.checkpoint_path)
-    with _stage("evaluate (backtest on the test split)", timings):
-        evaluation = evaluate_checkpoint(checkpoint, out_dir / "report", data_path=data_path)
+    folds = config.data.folds
+    with _stage("walk-forward", timings):
+        print(f"    {folds} folds, each: a Ray Train run (DDP), then baselines fitted and everything backtested",
+              flush=True)
+        runs = run_walk_forward(config, folds, walk_forward_dir, progress=lambda line: print(f"    {line}", flush=True))
+        evaluation = write_walk_forward_report(runs, config, walk_forward_dir)
         print(evaluation.summary(), flush=True)
+    checkpoint = Path(runs[-1].checkpoint)
     with _stage("export (engine variants)", timings):
         export = export_engine(checkpoint)
         print(export.summary(), flush=True)
@@ -141,7 +165,7 @@ def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool,
     try:
         with _stage("HTTP burst", timings):
             burst = send_burst(url, config)
-        summary = _summarise(config, checkpoint, out_dir, url, training, evaluation, export, burst, timings)
+        summary = _summarise(runs[-1], evaluation, export, burst, url, out_dir, timings)
         print(summary.render(), flush=True)
         (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
         if keep_serving:
@@ -151,16 +175,24 @@ def run_demo(config: PlatformConfig, data_path: Path | None, keep_serving: bool,
     return 0 if burst.errors == 0 else 1
 
 
-def _summarise(config, checkpoint, out_dir, url, training, evaluation, export, burst, timings) -> DemoSummary:
-    metrics = evaluation.metrics
+def _summarise(last_fold, evaluation, export, burst, url, out_dir, timings) -> DemoSummary:
+    pooled = evaluation.metrics["pooled"]
+    ic = pooled["information_coefficient"]
     return DemoSummary(
-        checkpoint=str(checkpoint),
-        report_dir=str(out_dir / "report"),
+        checkpoint=last_fold.checkpoint,
+        report_dir=str(evaluation.out_dir),
         url=url,
-        validation_accuracy=training.metrics.get("val_accuracy"),
-        test_accuracy=metrics.get("classification", {}).get("accuracy"),
-        sharpe={name: float(values["sharpe"]) for name, values in metrics.get("portfolio", {}).items()},
-        oracle_pnl_captured=metrics.get("oracle_pnl_captured"),
+        validation_accuracy=last_fold.validation_accuracy,
+        test_accuracy=pooled["accuracy"].get("model"),
+        folds=len(evaluation.metrics["folds"]),
+        out_of_sample=f"{pooled['test_start']} .. {pooled['test_end']} ({pooled['bars']} bars)",
+        bar_frequency=evaluation.metrics["data"]["frequency_text"],
+        sharpe={name: float(values["sharpe"]) for name, values in pooled["portfolio"].items()},
+        sharpe_ci={name: list(values["sharpe_ci"]) for name, values in pooled["portfolio"].items()},
+        confidence=pooled["bootstrap"]["confidence"],
+        information_coefficient={name: values["pearson"]["estimate"] for name, values in ic.items()},
+        information_coefficient_ci={name: [values["pearson"]["low"], values["pearson"]["high"]]
+                                    for name, values in ic.items()},
         engine_variant=export.chosen_variant,
         engine_speedup_batch1=export.speedup_batch1,
         burst=burst,

@@ -33,7 +33,9 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
 def test_demo_succeeds_and_prints_the_summary(demo_run) -> None:
     completed, _ = demo_run
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    for line in ("HRM demo summary", "Sharpe (test split)", "HTTP burst", "curl -s http://127.0.0.1:18431"):
+    for line in ("HRM demo summary", "walk-forward          3 out-of-sample folds pooled", "Sharpe, pooled",
+                 "bar frequency         6,783 bars per year (stated by the synthetic market)", "HTTP burst",
+                 "curl -s http://127.0.0.1:18431"):
         assert line in completed.stdout
 
 
@@ -46,7 +48,12 @@ def test_demo_summary_values(demo_run) -> None:
     assert 1 <= burst["mean_segments"] <= burst["segments_limit"]
     assert burst["example"]["action"] in {"hold", "buy", "sell"}
     assert 0 < burst["p50_ms"] <= burst["p99_ms"]
-    assert {"model", "buy_and_hold", "momentum", "flat"} <= set(summary["sharpe"])
+    strategies = {"model", "lightgbm", "mlp", "transformer", "oracle", "buy_and_hold", "momentum", "flat"}
+    assert set(summary["sharpe"]) == set(summary["sharpe_ci"]) == strategies
+    for name, (low, high) in summary["sharpe_ci"].items():
+        assert low <= summary["sharpe"][name] <= high or name == "flat"
+    assert set(summary["information_coefficient"]) == {"model", "lightgbm", "mlp", "transformer", "oracle"}
+    assert summary["folds"] == 3 and summary["confidence"] == 0.95
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert summary["url"].startswith("http://127.0.0.1:")
 
@@ -57,8 +64,10 @@ def test_demo_artefacts(demo_run) -> None:
     checkpoint = Path(summary["checkpoint"])
     assert load_manifest(checkpoint)["format_version"] >= 1  # hashes verify
     assert (checkpoint / "serving" / "serving_manifest.json").is_file()
+    assert checkpoint.parent.name == "smoke-fold2"  # the last fold's model, trained on the most history
     report = Path(summary["report_dir"])
     assert (report / "report.md").is_file() and (report / "metrics.json").is_file()
+    assert len(json.loads((report / "metrics.json").read_text())["folds"]) == 3
     pngs = list(report.glob("*.png"))
     assert pngs and all(png.read_bytes()[:8] == PNG_MAGIC for png in pngs)
     assert (out_dir / "example_request.json").is_file()

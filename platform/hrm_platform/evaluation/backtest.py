@@ -18,6 +18,8 @@ and every change that does happen pays its cost, so churn is charged, not hidden
 run with this same one-bar holding, so the comparison is like for like.
 
 Baselines (same bars, same costs, same timing):
+- trained (`eval.baselines`, fitted on the same split's train and val windows and labels: `baselines/`):
+  lightgbm, mlp, transformer. Their positions come from their outputs exactly as the model's do.
 - flat: pos_t = 0.
 - buy_and_hold: pos_t = 1 (pays one entry cost).
 - momentum: pos_t = sign(log(close[t] / close[t - L])), L = eval.momentum_lookback.
@@ -34,7 +36,7 @@ of the instruments' net returns there (positions are fractions of each instrumen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from hrm_platform.actions import target_positions
+from hrm_platform.actions import signed_score, target_positions
 from hrm_platform.data.features import FeatureSpec, compute_features
 from hrm_platform.evaluation import metrics
 
@@ -50,20 +52,39 @@ if TYPE_CHECKING:
     import torch
 
     from hrm_platform.data.dataset import DatasetBundle
+    from hrm_platform.data.frequency import BarFrequency
     from hrm_platform.evaluation.report import EvaluationReport
 
 INFERENCE_BATCH = 512
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """What a model says about N windows: probabilities (N, 3), quantity (N,) in [0, 1], and the ACT segments
+    each used (N,) int64 (None for a model without ACT)."""
+
+    probabilities: np.ndarray
+    quantity: np.ndarray
+    segments_used: np.ndarray | None = None
+
+
+WindowPredictor = Callable[[np.ndarray], Prediction]  # windows (N, W, F) float32 -> Prediction
+
+
+@dataclass(frozen=True)
 class ModelDecisions:
-    """The model's output for N decision bars (t in ascending order)."""
+    """A model's output for N decision bars (t in ascending order)."""
 
     positions: np.ndarray  # (N,) float64 in [-1, 1]
     actions: np.ndarray  # (N,) int64 argmax action id
     probabilities: np.ndarray  # (N, 3) float32
     quantity: np.ndarray  # (N,) float32 in [0, 1]
-    segments_used: np.ndarray  # (N,) int64 in 1..max_segments
+    segments_used: np.ndarray  # (N,) int64 in 1..max_segments (1 for a model without ACT)
+
+    @property
+    def score(self) -> np.ndarray:
+        """(N,) p(buy) - p(sell): the signed conviction the information coefficient correlates."""
+        return signed_score(self.probabilities)
 
 
 @dataclass
@@ -114,6 +135,20 @@ def windows_ending_at(features: np.ndarray, end_bars: np.ndarray, window: int) -
     return features[end_bars[:, None] + offsets[None, :]]  # (N, W, F)
 
 
+def hrm_predictor(model: torch.nn.Module, max_segments: int | None = None) -> WindowPredictor:
+    """The HRM's ACT inference (eager, CPU) as a WindowPredictor."""
+
+    def predict_windows(windows: np.ndarray) -> Prediction:
+        import torch
+
+        from hrm_platform.model.act import predict
+
+        result = predict(model, torch.from_numpy(np.ascontiguousarray(windows)), max_segments=max_segments)
+        return Prediction(result.probabilities.numpy(), result.quantity.numpy(), result.segments_used.numpy())
+
+    return predict_windows
+
+
 def model_decisions(
     model: torch.nn.Module,
     bars: np.ndarray,
@@ -122,29 +157,35 @@ def model_decisions(
     max_segments: int | None = None,
     batch_size: int = INFERENCE_BATCH,
 ) -> ModelDecisions:
-    """Decisions at each of `end_bars` from the raw bars (T, 5), in batches of ACT inference.
+    """The HRM's decisions at each of `end_bars` from the raw bars (T, 5), in batches of ACT inference."""
+    return decisions_from_bars(hrm_predictor(model, max_segments), bars, end_bars, feature_spec, batch_size)
+
+
+def decisions_from_bars(
+    predictor: WindowPredictor,
+    bars: np.ndarray,
+    end_bars: np.ndarray,
+    feature_spec: FeatureSpec,
+    batch_size: int = INFERENCE_BATCH,
+) -> ModelDecisions:
+    """Decisions at each of `end_bars` from the raw bars (T, 5), `batch_size` windows at a time.
 
     Decision t is a function of bars[: t + 1] only (causal features, a window that ends at t).
     """
-    import torch
-
-    from hrm_platform.model.act import predict
-
     features = normalised_features(bars, feature_spec)  # (T, F)
-    parts = []
-    for start in range(0, len(end_bars), batch_size):
-        windows = windows_ending_at(features, end_bars[start : start + batch_size], feature_spec.window)
-        result = predict(model, torch.from_numpy(np.ascontiguousarray(windows)), max_segments=max_segments)
-        parts.append((result.probabilities.numpy(), result.quantity.numpy(), result.segments_used.numpy()))
-    probabilities = np.concatenate([p for p, _, _ in parts]) if parts else np.zeros((0, 3), np.float32)
-    quantity = np.concatenate([q for _, q, _ in parts]) if parts else np.zeros(0, np.float32)
-    segments = np.concatenate([s for _, _, s in parts]) if parts else np.zeros(0, np.int64)
+    parts = [
+        predictor(windows_ending_at(features, end_bars[start : start + batch_size], feature_spec.window))
+        for start in range(0, len(end_bars), batch_size)
+    ]
+    probabilities = np.concatenate([p.probabilities for p in parts]) if parts else np.zeros((0, 3), np.float32)
+    quantity = np.concatenate([p.quantity for p in parts]) if parts else np.zeros(0, np.float32)
+    segments = [np.ones(len(p.quantity), np.int64) if p.segments_used is None else p.segments_used for p in parts]
     return ModelDecisions(
         positions=positions_from_outputs(probabilities, quantity),
         actions=probabilities.argmax(axis=1).astype(np.int64),
         probabilities=probabilities,
         quantity=quantity,
-        segments_used=segments.astype(np.int64),
+        segments_used=np.concatenate(segments).astype(np.int64) if parts else np.zeros(0, np.int64),
     )
 
 
@@ -194,17 +235,19 @@ def backtest_instrument(
     symbol: str,
     frame: pd.DataFrame,
     end_bars: np.ndarray,
-    model_positions: np.ndarray,
+    model_positions: np.ndarray | dict[str, np.ndarray],
     *,
     cost_bps: float,
     momentum_lookback: int,
     oracle: np.ndarray | None = None,
 ) -> InstrumentBacktest:
-    """Model and baselines on one instrument's decision bars (ascending, consecutive)."""
+    """Trained models (`model_positions`: the model's (N,) positions, or name -> positions for the model and
+    the trained baselines) and the rule baselines on one instrument's decision bars (ascending, consecutive)."""
     close = frame["close"].to_numpy(dtype=np.float64)
     asset_returns = next_bar_returns(close, end_bars)
+    trained = model_positions if isinstance(model_positions, dict) else {"model": model_positions}
     candidates = {
-        "model": model_positions,
+        **trained,
         "buy_and_hold": np.ones(len(end_bars)),
         "momentum": momentum_positions(close, end_bars, momentum_lookback),
         "flat": np.zeros(len(end_bars)),
@@ -252,13 +295,24 @@ def equal_weight_portfolio(instruments: list[InstrumentBacktest]) -> InstrumentB
 
 @dataclass
 class BacktestResult:
-    """Everything the report needs: per-instrument runs, the portfolio, and the model's raw decisions."""
+    """Everything the report needs: per-instrument runs, the portfolio, and the trained models' decisions."""
 
     instruments: list[InstrumentBacktest]
     portfolio: InstrumentBacktest
-    decisions: dict[str, ModelDecisions]  # symbol -> decisions at its test bars
+    decisions: dict[str, ModelDecisions]  # symbol -> the model's decisions at its test bars
     true_actions: dict[str, np.ndarray]  # symbol -> (N,) label ids at the same bars
     periods_per_year: float
+    baseline_decisions: dict[str, dict[str, ModelDecisions]] = field(default_factory=dict)  # name -> symbol -> ...
+    forward_returns: dict[str, np.ndarray] = field(default_factory=dict)  # symbol -> (N,) realised h-bar log return
+    oracle_expected: dict[str, np.ndarray] = field(default_factory=dict)  # symbol -> (N,) E[h-bar log return]
+    frequency: BarFrequency | None = None  # the bar frequency periods_per_year came from
+    # symbol -> last bar a train or val label reads (end + horizon), and first bar a test window reads (end - W + 1)
+    train_last_bar: dict[str, int] = field(default_factory=dict)
+    test_first_bar: dict[str, int] = field(default_factory=dict)
+
+    def trained_decisions(self) -> dict[str, dict[str, ModelDecisions]]:
+        """strategy -> symbol -> decisions, the model first, then the trained baselines."""
+        return {"model": self.decisions, **self.baseline_decisions}
 
 
 def decision_bars_by_instrument(test_index: np.ndarray) -> dict[int, np.ndarray]:
@@ -268,57 +322,76 @@ def decision_bars_by_instrument(test_index: np.ndarray) -> dict[int, np.ndarray]
 
 
 def run_backtest(
-    model: torch.nn.Module,
+    predictors: dict[str, WindowPredictor],
     bundle: DatasetBundle,
     feature_spec: FeatureSpec,
     *,
     cost_bps: float,
     momentum_lookback: int,
-    periods_per_year: float,
-    max_segments: int | None = None,
 ) -> BacktestResult:
-    """Model and baselines on every instrument's test bars, then the equal-weight portfolio."""
-    instruments, decisions, true_actions = [], {}, {}
+    """The trained models (`predictors`: "model" and any trained baselines) and the rule baselines on every
+    instrument's test bars, then the equal-weight portfolio; annualised at the bundle's bar frequency."""
+    if "model" not in predictors:
+        raise ValueError(f"predictors must include 'model'; got {sorted(predictors)}")
+    instruments, true_actions, forward, expected, train_last, test_first = [], {}, {}, {}, {}, {}
+    decided: dict[str, dict[str, ModelDecisions]] = {name: {} for name in predictors}
     for instrument, end_bars in decision_bars_by_instrument(bundle.test.index).items():
         symbol = bundle.symbols[instrument]
         frame = bundle.bars[symbol]
         bars = frame[["open", "high", "low", "close", "volume"]].to_numpy(dtype=np.float64)
-        decided = model_decisions(model, bars, end_bars, feature_spec, max_segments)
+        for name, predictor in predictors.items():
+            decided[name][symbol] = decisions_from_bars(predictor, bars, end_bars, feature_spec)
         oracle = None
         if bundle.market is not None:
+            expected[symbol] = bundle.market.expected_log_return[symbol][end_bars]
             oracle = oracle_positions(bundle.market.expected_log_return[symbol], end_bars, cost_bps)
         instruments.append(backtest_instrument(
-            symbol, frame, end_bars, decided.positions,
+            symbol, frame, end_bars, {name: by_symbol[symbol].positions for name, by_symbol in decided.items()},
             cost_bps=cost_bps, momentum_lookback=momentum_lookback, oracle=oracle,
         ))
-        decisions[symbol] = decided
         true_actions[symbol] = bundle.test.actions[instrument][end_bars]
+        forward[symbol] = bundle.forward_log_return[symbol][end_bars]
+        train_last[symbol], test_first[symbol] = _split_edges(bundle, symbol, int(end_bars[0]))
+    model_decided = decided.pop("model")
     return BacktestResult(
         instruments=instruments,
         portfolio=equal_weight_portfolio(instruments),
-        decisions=decisions,
+        decisions=model_decided,
         true_actions=true_actions,
-        periods_per_year=periods_per_year,
+        periods_per_year=bundle.bars_per_year,
+        baseline_decisions=decided,
+        forward_returns=forward,
+        oracle_expected=expected,
+        frequency=bundle.frequency,
+        train_last_bar=train_last,
+        test_first_bar=test_first,
     )
 
 
-EVALUATION_OVERRIDE_SECTIONS = ("eval", "data")  # the model and its training are the checkpoint's
+def _split_edges(bundle: DatasetBundle, symbol: str, first_test_end: int) -> tuple[int, int]:
+    """(last bar a train/val label reads, first bar a test window reads) of one instrument."""
+    ranges = bundle.split_ends[symbol]
+    last_end = max(stop - 1 for name, (start, stop) in ranges.items() if name != "test" and stop > start)
+    return last_end + bundle.config.horizon, first_test_end - bundle.config.window + 1
+
+
+EVALUATION_OVERRIDE_SECTIONS = ("eval", "data", "baselines")  # the model and its training are the checkpoint's
 
 
 def evaluate_checkpoint(
     checkpoint: Path, out_dir: Path, data_path: Path | None = None, overrides: Sequence[str] = ()
 ) -> EvaluationReport:
-    """Backtest `checkpoint` on the test split; write out_dir/metrics.json, the PNGs and report.md.
+    """Backtest `checkpoint` and the baselines on the test split; write out_dir/metrics.json, the PNGs, report.md.
 
     Data: the checkpoint's own data config (the same synthetic market: same seed, sizes and split) or, with
     `data_path`, that OHLCV file split the same way. Features are normalised with the checkpoint's stored
     statistics either way, exactly as serving does. `overrides` (`eval.cost_bps=5`, `data.bars_per_year=252`)
-    change the checkpoint's eval and data sections for this evaluation; other sections are refused.
+    change the checkpoint's eval, data and baselines sections for this evaluation; other sections are refused.
     """
     from hrm_platform.checkpoint import load_model
     from hrm_platform.config import with_overrides
-    from hrm_platform.data.dataset import build_datasets
     from hrm_platform.evaluation.report import write_report
+    from hrm_platform.evaluation.split_evaluation import evaluate_split
 
     model, loaded = load_model(checkpoint)
     if data_path is not None:  # source and path change together
@@ -326,13 +399,5 @@ def evaluate_checkpoint(
     config = with_overrides(
         loaded.config, list(overrides), f"{checkpoint} config with overrides", EVALUATION_OVERRIDE_SECTIONS, "evaluation"
     )
-    data_config = config.data
-    bundle = build_datasets(data_config, feature_stats=loaded.feature_spec.stats)
-    result = run_backtest(
-        model, bundle, loaded.feature_spec,
-        cost_bps=config.eval.cost_bps,
-        momentum_lookback=config.eval.momentum_lookback,
-        periods_per_year=data_config.bars_per_year,
-        max_segments=config.model.max_segments,
-    )
+    result = evaluate_split(model, loaded, config)
     return write_report(result, loaded, config, Path(out_dir))

@@ -18,6 +18,9 @@ MODEL_COLOR = "#c0392b"
 # Baselines get fixed, muted colours so that a strategy has the same colour in every figure.
 STRATEGY_COLORS = {
     "model": MODEL_COLOR,
+    "lightgbm": "#8e44ad",
+    "mlp": "#d35400",
+    "transformer": "#16a085",
     "oracle": "#2c3e50",
     "buy_and_hold": "#2980b9",
     "momentum": "#27ae60",
@@ -49,9 +52,11 @@ def _save(figure: Figure, path: Path) -> Path:
 
 
 def plot_equity_curves(
-    equity: Mapping[str, np.ndarray], timestamps: Sequence | np.ndarray, path: Path, title: str
+    equity: Mapping[str, np.ndarray], timestamps: Sequence | np.ndarray, path: Path, title: str,
+    boundaries: Sequence = (),
 ) -> Path:
-    """One line per strategy (equity (N,) from 1.0), the model drawn thick and on top."""
+    """One line per strategy (equity (N,) from 1.0), the model drawn thick and on top; a dotted vertical line
+    at each of `boundaries` (timestamps where a walk-forward fold starts)."""
     figure = Figure(figsize=(10, 5.2))
     axes = figure.add_subplot()
     x_values = _x_axis(timestamps, len(next(iter(equity.values()))))
@@ -67,6 +72,8 @@ def plot_equity_curves(
             linestyle=":" if name == "flat" else "-",
         )
     axes.axhline(1.0, color="black", linewidth=0.6, alpha=0.5)
+    for boundary in boundaries:
+        axes.axvline(boundary, color="black", linewidth=0.8, linestyle=":", alpha=0.7)
     axes.set_title(title)
     axes.set_ylabel("equity (start = 1.0)")
     axes.grid(alpha=0.3)
@@ -238,4 +245,31 @@ def plot_instrument_equity(
     grid.flat[0].legend(fontsize=8, loc="upper left")
     figure.suptitle("equity per instrument, test split")
     figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_fold_sharpe(
+    sharpe: Mapping[str, Sequence[tuple[float, float, float]]], path: Path, confidence: float
+) -> Path:
+    """Grouped bars: per walk-forward fold, each strategy's Sharpe with its interval as an error bar.
+
+    sharpe: strategy -> per fold (estimate, low, high).
+    """
+    names = list(sharpe)
+    n_folds = len(next(iter(sharpe.values())))
+    width = 0.8 / max(len(names), 1)
+    figure = Figure(figsize=(max(6.0, 1.6 * n_folds + 3), 4.6))
+    axes = figure.add_subplot()
+    for index, name in enumerate(names):
+        values = np.asarray(sharpe[name], dtype=np.float64)  # (folds, 3)
+        positions = np.arange(n_folds) - 0.4 + width * (index + 0.5)
+        errors = np.abs(np.stack([values[:, 0] - values[:, 1], values[:, 2] - values[:, 0]]))
+        axes.bar(positions, values[:, 0], width, yerr=errors, capsize=2, label=_label(name),
+                 color=_color(name, index), alpha=1.0 if name == "model" else 0.75)
+    axes.axhline(0.0, color="black", linewidth=0.6)
+    axes.set_xticks(np.arange(n_folds), [f"fold {fold}" for fold in range(n_folds)])
+    axes.set_ylabel(f"annualised Sharpe (error bars: {confidence:.0%} interval)")
+    axes.set_title("Sharpe ratio by out-of-sample fold")
+    axes.grid(alpha=0.3, axis="y")
+    axes.legend(fontsize=8, ncol=min(4, len(names)), loc="upper left")
     return _save(figure, path)

@@ -13,12 +13,13 @@ import numpy as np
 from hrm_platform.actions import ACTIONS
 from hrm_platform.evaluation import metrics, plots
 from hrm_platform.evaluation.backtest import BacktestResult
+from hrm_platform.evaluation.summary import STRATEGY_ORDER, backtest_statistics, ordered
+from hrm_platform.evaluation.uncertainty import BootstrapSettings
 
 if TYPE_CHECKING:
     from hrm_platform.checkpoint import LoadedCheckpoint
     from hrm_platform.config import PlatformConfig
 
-STRATEGY_ORDER = ("model", "oracle", "buy_and_hold", "momentum", "flat")
 PLOT_FILES = {
     "equity": "equity.png",
     "drawdown": "drawdown.png",
@@ -39,12 +40,11 @@ class EvaluationReport:
 
     def summary(self) -> str:
         """A few lines for the terminal: the strategy table and the share of the oracle's PnL captured."""
-        lines = [f"backtest on the test split ({self.metrics['data']['test_start']} .. "
-                 f"{self.metrics['data']['test_end']}, {self.metrics['costs']['cost_bps']} bps per unit turnover)"]
-        lines.append(f"  {'strategy':<14}{'total':>9}{'sharpe':>9}{'max dd':>9}{'turnover':>10}")
-        for name, values in self.metrics["portfolio"].items():
-            lines.append(f"  {name:<14}{values['total_return']:>+9.2%}{values['sharpe']:>9.2f}"
-                         f"{values['max_drawdown']:>9.2%}{values['turnover']:>10.3f}")
+        data = self.metrics["data"]
+        lines = [f"backtest on one test split ({data['test_start']} .. {data['test_end']}, "
+                 f"{self.metrics['costs']['cost_bps']} bps per unit turnover; {data['frequency_text']})"]
+        lines += strategy_lines(self.metrics["portfolio"], self.metrics["information_coefficient"],
+                                self.metrics["bootstrap"]["confidence"])
         lines.append(f"  test accuracy {self.metrics['classification']['accuracy']:.3f}, "
                      f"mean ACT segments {self.metrics['segments']['mean']:.2f}")
         captured = self.metrics.get("oracle_pnl_captured")
@@ -56,6 +56,19 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
+def strategy_lines(portfolio: dict[str, dict], ic: dict[str, dict], confidence: float) -> list[str]:
+    """The terminal table: per strategy total return, Sharpe with its interval, drawdown, turnover, IC."""
+    lines = [f"  {'strategy':<14}{'total':>9}{'sharpe':>8}  {f'{confidence:.0%} CI':<17}{'max dd':>8}"
+             f"{'turnover':>10}{'IC':>8}"]
+    for name, values in portfolio.items():
+        low, high = values["sharpe_ci"]
+        ic_text = f"{ic[name]['pearson']['estimate']:>+8.3f}" if name in ic else f"{'':>8}"
+        lines.append(f"  {name:<14}{values['total_return']:>+9.2%}{values['sharpe']:>8.2f}  "
+                     f"{f'[{low:+.2f}, {high:+.2f}]':<17}{values['max_drawdown']:>8.2%}{values['turnover']:>10.3f}"
+                     + ic_text)
+    return lines
+
+
 def write_report(
     result: BacktestResult, loaded: LoadedCheckpoint, config: PlatformConfig, out_dir: Path
 ) -> EvaluationReport:
@@ -65,7 +78,7 @@ def write_report(
     plot_paths = draw_plots(result, summary, _training_history(loaded.manifest), out_dir)
     summary["plots"] = {name: path.name for name, path in plot_paths.items()}
     metrics_path = out_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+    metrics_path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     report_path = out_dir / "report.md"
     report_path.write_text(render_markdown(summary))
     return EvaluationReport(out_dir, summary, report_path, metrics_path, plot_paths)
@@ -76,7 +89,8 @@ def write_report(
 
 def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, config: PlatformConfig) -> dict[str, Any]:
     periods = result.periods_per_year
-    portfolio = _ordered(result.portfolio.strategy_metrics(periods))
+    statistics = backtest_statistics(result, BootstrapSettings.from_config(config.eval))
+    portfolio = statistics["portfolio"]
     decisions = list(result.decisions.values())
     predicted = np.concatenate([d.actions for d in decisions])
     true = np.concatenate(list(result.true_actions.values()))
@@ -95,6 +109,9 @@ def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, config: Pl
             "test_bars": int(len(result.portfolio.timestamps)),
             "decisions": int(len(predicted)),
             "bars_per_year": periods,
+            "frequency": result.frequency.to_dict() if result.frequency else None,
+            "frequency_text": result.frequency.describe() if result.frequency else f"{periods:,.0f} bars per year",
+            "split": "walk-forward fold" if data_config.fold is not None else "val/test fractions",
             "window": data_config.window,
             "horizon": data_config.horizon,
         },
@@ -114,7 +131,11 @@ def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, config: Pl
             "mean_abs_position": float(np.mean(np.abs(positions))),
         },
         "portfolio": portfolio,
-        "instruments": {item.symbol: _ordered(item.strategy_metrics(periods)) for item in result.instruments},
+        "bootstrap": statistics["bootstrap"],
+        "information_coefficient": statistics["information_coefficient"],
+        "accuracy_by_model": statistics["accuracy"],
+        "baselines": {"trained": list(config.eval.baselines), "settings": config.baselines.model_dump(mode="json")},
+        "instruments": {item.symbol: ordered(item.strategy_metrics(periods)) for item in result.instruments},
         "oracle_pnl_captured": _oracle_capture(portfolio),
         "oracle_pnl_captured_per_exposure": _oracle_capture(portfolio, per_exposure=True),
         "model_beats": {
@@ -140,21 +161,17 @@ def _oracle_capture(portfolio: dict[str, dict], per_exposure: bool = False) -> f
     return (model["pnl"] / model["exposure"]) / (oracle["pnl"] / oracle["exposure"])
 
 
-def _ordered(by_strategy: dict[str, dict]) -> dict[str, dict]:
-    return {name: by_strategy[name] for name in STRATEGY_ORDER if name in by_strategy}
-
-
 def _training_history(manifest: dict[str, Any]) -> list[dict]:
     recorded = manifest.get("metrics", {})
     history = recorded.get("history") if isinstance(recorded, dict) else None
     return [record for record in history or [] if isinstance(record, dict)]
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
+        return {str(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, (np.floating, float)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):
@@ -212,15 +229,19 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Positions: {costs['holding']}; model position = direction of the argmax action (buy +1, sell -1, "
         f"hold 0) times the predicted quantity. Costs {costs['cost_bps']} bps per unit of turnover. Sharpe and "
-        f"Sortino annualised with {data['bars_per_year']} bars per year. Labels look {data['horizon']} bars ahead.",
+        f"Sortino annualised with {data['frequency_text']}. Labels look {data['horizon']} bars ahead.",
         "",
-        f"The test split is {data['test_bars']} bars per instrument ({data['test_bars'] / data['bars_per_year']:.3f} "
-        "of a year at that rate): annualised returns extrapolate it by compounding and can look extreme; compare "
-        "strategies by Sharpe, drawdown and total return.",
+        f"**This is one test split** of {data['test_bars']} bars per instrument "
+        f"({data['test_bars'] / data['bars_per_year']:.2f} years at that rate): annualised returns extrapolate it "
+        "by compounding and can look extreme, and its Sharpe ratios carry wide intervals. `hrm evaluate "
+        "--walk-forward K` backtests K out-of-sample periods, each with a model trained on the history before it.",
         "",
         "## Model against baselines (equal-weight portfolio)",
         "",
-        _strategy_table(summary["portfolio"]),
+        strategy_table_markdown(summary["portfolio"], summary["information_coefficient"],
+                                summary["bootstrap"]["confidence"]),
+        "",
+        uncertainty_paragraph(summary["portfolio"], summary["information_coefficient"], summary["bootstrap"]),
         "",
         _oracle_line(summary),
         "",
@@ -253,16 +274,53 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _strategy_table(portfolio: dict[str, dict]) -> str:
-    header = ("| strategy | total return | annualised | Sharpe | Sortino | max drawdown | hit rate | turnover | "
-              "exposure |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+def strategy_table_markdown(portfolio: dict[str, dict], ic: dict[str, dict], confidence: float) -> str:
+    """Per strategy: returns, Sharpe with its interval, the model's paired Sharpe lead, risk, trading, IC."""
+    level = f"{confidence:.0%}"
+    header = (f"| strategy | total return | annualised | Sharpe | Sharpe {level} CI | model's Sharpe lead ({level} CI) | "
+              "Sortino | max drawdown | hit rate | turnover | exposure | IC | rank IC |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [
         f"| {'**model**' if name == 'model' else name.replace('_', ' ')} | {m['total_return']:+.2%} | "
-        f"{m['annualised_return']:+.1%} | {m['sharpe']:.2f} | {m['sortino']:.2f} | {m['max_drawdown']:.2%} | "
-        f"{m['hit_rate']:.1%} | {m['turnover']:.3f} | {m['exposure']:.2f} |"
+        f"{m['annualised_return']:+.1%} | {m['sharpe']:.2f} | {m['sharpe_ci'][0]:+.2f} to {m['sharpe_ci'][1]:+.2f} | "
+        f"{_lead_text(m.get('sharpe_lead_of_model'))} | {m['sortino']:.2f} | {m['max_drawdown']:.2%} | "
+        f"{m['hit_rate']:.1%} | {m['turnover']:.3f} | {m['exposure']:.2f} | {_ic_text(ic.get(name), 'pearson')} | "
+        f"{_ic_text(ic.get(name), 'rank')} |"
         for name, m in portfolio.items()
     ]
     return "\n".join([header, *rows])
+
+
+def _lead_text(lead: dict | None) -> str:
+    if lead is None:
+        return ""
+    return f"{lead['estimate']:+.2f} ({lead['low']:+.2f} to {lead['high']:+.2f})"
+
+
+def _ic_text(ic: dict | None, kind: str) -> str:
+    if ic is None:
+        return ""
+    return f"{ic[kind]['estimate']:+.3f} (t {ic[kind]['t_stat']:+.1f})"
+
+
+def uncertainty_paragraph(portfolio: dict[str, dict], ic: dict[str, dict], bootstrap: dict[str, float]) -> str:
+    """The intervals in words: the model's Sharpe, its lead over each baseline, and its IC."""
+    from hrm_platform.evaluation.uncertainty import Interval, interval_words
+
+    level = bootstrap["confidence"]
+    model = portfolio["model"]
+    sentences = [interval_words("Model Sharpe", Interval(model["sharpe"], *model["sharpe_ci"], level)) + "."]
+    for name, row in portfolio.items():
+        lead = row.get("sharpe_lead_of_model")
+        if lead is not None and name != "flat":
+            interval = Interval(lead["estimate"], lead["low"], lead["high"], lead["level"])
+            sentences.append(interval_words(f"Its Sharpe lead over {name.replace('_', ' ')}", interval) + ".")
+    if "model" in ic:
+        pearson = ic["model"]["pearson"]
+        interval = Interval(pearson["estimate"], pearson["low"], pearson["high"], pearson["level"])
+        sentences.append(interval_words("Model IC", interval, decimals=3) + f" (t {pearson['t_stat']:+.1f}).")
+    return (" ".join(sentences) + f" Intervals: stationary block bootstrap, {bootstrap['resamples']} resamples, "
+            f"mean block {bootstrap['block_length']:.0f} bars; the Sharpe lead is paired (the same resampled bars).")
 
 
 def _instrument_table(instruments: dict[str, dict[str, dict]]) -> str:

@@ -17,7 +17,7 @@ from hrm_platform.evaluation import backtest
 from hrm_platform.evaluation.backtest import evaluate_checkpoint
 from tests.images import assert_sensible_png
 
-STRATEGIES = {"model", "oracle", "buy_and_hold", "momentum", "flat"}
+STRATEGIES = {"model", "lightgbm", "mlp", "transformer", "oracle", "buy_and_hold", "momentum", "flat"}
 TRADING_KEYS = {"total_return", "annualised_return", "sharpe", "sortino", "max_drawdown", "hit_rate", "turnover",
                 "exposure", "pnl", "n_bars"}
 
@@ -91,7 +91,11 @@ def test_cli_evaluates_an_ohlcv_file_without_an_oracle(trained_checkpoint, evalu
     # The same bars from a file give the same model decisions as the synthetic source.
     synthetic = evaluation.metrics["portfolio"]
     assert written["portfolio"]["model"]["pnl"] == pytest.approx(synthetic["model"]["pnl"], abs=1e-9)
-    assert written["portfolio"]["momentum"]["sharpe"] == pytest.approx(synthetic["momentum"]["sharpe"], abs=1e-9)
+    assert written["portfolio"]["momentum"]["pnl"] == pytest.approx(synthetic["momentum"]["pnl"], abs=1e-9)
+    # The synthetic market states its frequency; the file's is inferred from the same timestamps.
+    assert written["data"]["frequency"]["source"] == "inferred"
+    assert evaluation.metrics["data"]["frequency"]["source"] == "stated"
+    assert written["data"]["bars_per_year"] == pytest.approx(evaluation.metrics["data"]["bars_per_year"], rel=0.02)
 
 
 def test_cli_evaluate_takes_eval_and_data_overrides(trained_checkpoint, evaluation, tmp_path, capsys):
@@ -109,4 +113,4 @@ def test_cli_evaluate_takes_eval_and_data_overrides(trained_checkpoint, evaluati
 
     assert hrm_main(["evaluate", "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path / "no"),
                      "model.d_model=64"]) == 2
-    assert "change only eval.* and data.*; refused: model.d_model=64" in capsys.readouterr().err
+    assert "change only eval.*, data.*, baselines.*; refused: model.d_model=64" in capsys.readouterr().err

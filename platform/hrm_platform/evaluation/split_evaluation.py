@@ -1,0 +1,60 @@
+"""One held-out split, evaluated: the checkpoint's model beside trained baselines fitted on the same split.
+
+The trained baselines (`eval.baselines`) are fitted here on the split's train and val windows and labels (the
+features normalised with the checkpoint's statistics, as the model sees them), then every trained model and
+every rule baseline is backtested on the test bars with the same costs (`backtest.run_backtest`).
+
+    model, loaded = load_model(checkpoint)
+    result = evaluate_split(model, loaded, config)        # BacktestResult
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hrm_platform.evaluation.backtest import BacktestResult, Prediction, WindowPredictor, hrm_predictor, run_backtest
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from hrm_platform.baselines.base import BaselineModel
+    from hrm_platform.checkpoint import LoadedCheckpoint
+    from hrm_platform.config import PlatformConfig
+    from hrm_platform.data.dataset import DatasetBundle
+
+
+def evaluate_split(model: torch.nn.Module, loaded: LoadedCheckpoint, config: PlatformConfig) -> BacktestResult:
+    """Backtest the checkpoint's `model` and freshly fitted baselines on the test split of `config.data`.
+
+    `config`: the checkpoint's config with any evaluation overrides. The data is built with the checkpoint's
+    feature statistics (exactly as serving normalises), so baselines and model read the same windows.
+    """
+    from hrm_platform.data.dataset import build_datasets
+
+    bundle = build_datasets(config.data, feature_stats=loaded.feature_spec.stats)
+    predictors: dict[str, WindowPredictor] = {"model": hrm_predictor(model, config.model.max_segments)}
+    predictors.update(fit_baselines(bundle, config))
+    return run_backtest(
+        predictors, bundle, loaded.feature_spec,
+        cost_bps=config.eval.cost_bps, momentum_lookback=config.eval.momentum_lookback,
+    )
+
+
+def fit_baselines(bundle: DatasetBundle, config: PlatformConfig) -> dict[str, WindowPredictor]:
+    """name -> predictor of every `eval.baselines` model, fitted on the bundle's train (and val) split."""
+    from hrm_platform.baselines.base import fit_baseline
+
+    fitted = {
+        name: fit_baseline(name, bundle.train, bundle.val, config.model, config.baselines, config.eval.baseline_seed)
+        for name in config.eval.baselines
+    }
+    return {name: baseline_predictor(model) for name, model in fitted.items()}
+
+
+def baseline_predictor(model: BaselineModel) -> WindowPredictor:
+    def predict_windows(windows: np.ndarray) -> Prediction:
+        outputs = model.predict(windows)
+        return Prediction(outputs.probabilities, outputs.quantity)
+
+    return predict_windows
