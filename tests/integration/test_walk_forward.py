@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOKE = REPO_ROOT / "jobs/configs/smoke.yaml"
-FOLDS = 3
+FOLDS = 4
 FAST = ["train.num_workers=1", "train.epochs=1", "baselines.epochs=2", "eval.bootstrap_resamples=300"]
 STRATEGIES = {"model", "lightgbm", "mlp", "transformer", "oracle", "buy_and_hold", "momentum", "flat"}
 TRAINED = {"model", "lightgbm", "mlp", "transformer"}
@@ -33,7 +33,7 @@ FIGURES = {"sharpe", "sharpe_ci", "max_drawdown", "turnover", "total_return"}
 
 @pytest.fixture(scope="module")
 def walk_forward(ray_cluster, tmp_path_factory):
-    """Three folds of the smoke market (its strength-20 signal is a planted one) on the 4-CPU session cluster."""
+    """Four folds of the smoke market (its strength-20 signal is a planted one) on the 4-CPU session cluster."""
     config = load_config(SMOKE, FAST)
     out = tmp_path_factory.mktemp("walk_forward")
     runs = run_walk_forward(config, FOLDS, out)
@@ -98,7 +98,7 @@ def test_report_and_plots(walk_forward) -> None:
     assert "spans zero" in text or "lies above zero" in text or "lies below zero" in text
     for path in report.plot_paths.values():
         assert_sensible_png(path)
-    assert "walk-forward: 3 folds" in report.summary()
+    assert f"walk-forward: {FOLDS} folds" in report.summary()
 
 
 def test_hrm_evaluate_walks_forward_over_an_ohlcv_file(tmp_path: Path) -> None:
