@@ -11,6 +11,7 @@ Ray hands workers plain dicts; a worker turns one back with `PlatformConfig.mode
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,6 +159,19 @@ class TrainConfig(_Strict):
     peak_tflops: float | None = Field(
         None, gt=0, description="the device's dense bf16 peak for MFU; None = the published figure of a known GPU"
     )
+    slow_epoch_warning_s: float = Field(
+        120.0, gt=0, description="warn after the first step when the first epoch looks longer than this"
+    )
+    tensorboard: bool = Field(
+        True,
+        description="rank 0 writes each epoch's scalars to <storage_path>/<name>/tensorboard/ (view with "
+        "`tensorboard --logdir <storage_path>`); local storage only",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="rank 0 logs the config and each epoch's metrics to this MLflow tracking URI, experiment "
+        "train.name; None = no MLflow. Needs `pip install mlflow` (not a dependency)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -212,8 +226,22 @@ class ServeConfig(_Strict):
     request_timeout_s: float = Field(
         2.5, gt=0, description="Serve's proxy answers 408 after this; requests fail fast while no replica is alive"
     )
-    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="body limit of /v1/predict (4096 bars of real prices take ~230 kB)"
+    )
+    max_batch_body_bytes: int = Field(
+        4_000_000,
+        ge=1024,
+        description="body limit of /v1/predict/batch: its 256 requests of the default model's 112 bars take ~1.6 MB "
+        "at ~55 bytes a bar; this leaves room for ~280 bars each",
+    )
     max_bars: int = Field(4096, ge=1, description="bars per request")
+    max_price_ratio: float = Field(
+        10.0,
+        gt=1,
+        description="a request's bar with a price more than this factor above or below the median close of its bars "
+        "is refused (422): an implausible jump, e.g. a 1e308 close after closes near 100",
+    )
     auth_token_env: str = Field("HRM_API_TOKEN", description="env var holding the bearer token; unset = no auth")
     access_log: bool = Field(True, description="Serve's per-request access log lines")
     fast_ingress: bool = Field(
@@ -238,6 +266,11 @@ class ServeConfig(_Strict):
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"serve.min_replicas={self.min_replicas} exceeds serve.max_replicas={self.max_replicas}"
+            )
+        if self.max_batch_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"serve.max_batch_body_bytes={self.max_batch_body_bytes} is below serve.max_body_bytes="
+                f"{self.max_body_bytes}: a batch of one request must fit where the request alone fits"
             )
         return self
 
@@ -397,9 +430,28 @@ def _describe(error: ValidationError, source: str) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {item['input']!r})")
+            lines.append(f"  {key}: unknown key (value {item['input']!r}){_did_you_mean(item['loc'])}")
         elif item["type"] == "value_error":
             lines.append(f"  {key or '<section>'}: {item['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}={item['input']!r}: {item['msg']}")
     return "\n".join(lines)
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """`; did you mean train.epochs?` for `train.epoch`: the closest key its section has (or section name)."""
+    *section_path, name = (str(part) for part in loc)
+    close = difflib.get_close_matches(name, _known_keys(section_path), n=1)
+    return f"; did you mean {'.'.join([*section_path, close[0]])}?" if close else ""
+
+
+def _known_keys(section_path: list[str]) -> list[str]:
+    """The keys of the section at `section_path` (the section names for []); [] where there is no section."""
+    section: type[BaseModel] = PlatformConfig
+    for part in section_path:
+        field = section.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        section = annotation
+    return list(section.model_fields)

@@ -5,14 +5,18 @@ the README's curl examples and the binds: test_serve_client.py."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from hrm_platform.config import DataConfig
+from hrm_platform.data.features import LOOKBACK
 from hrm_platform.data.market import generate_market
 from hrm_platform.data.ohlcv import BAR_COLUMNS
+from hrm_platform.serving.schemas import MAX_BATCH_REQUESTS
 from tests.integration.serving_helpers import assert_same_decision, health, predict
 
 pytestmark = pytest.mark.ray
@@ -40,6 +44,10 @@ def test_prediction_equals_bare_engine_then_repeat_is_cached(client, engine, mar
     as_columns = client.post("/v1/predict", json={"bars": columns, "position": 0.25}).json()
     assert as_columns["cached"] is True  # the same bars in the other layout are the same request
     assert as_columns["action"] == first["action"]
+    mixed_case = dict(zip(("Open", "HIGH", "low", "Close", "VOLUME"), columns.values()))
+    as_mixed_case = client.post("/v1/predict", json={"bars": mixed_case, "position": 0.25})
+    assert as_mixed_case.status_code == 200, as_mixed_case.text  # column keys match in any case, as in files
+    assert as_mixed_case.json()["cached"] is True
 
     other_position = predict(client, bars, position=-0.5).json()
     assert other_position["cached"] is True  # the decision does not depend on the position: one entry serves all
@@ -145,6 +153,8 @@ def _bad_bodies(bars: np.ndarray, max_bars: int) -> list[tuple[str, bytes, str, 
     negative[7][0] = -negative[7][0]
     crossed = [r[:] for r in rows]
     crossed[9][1], crossed[9][2] = crossed[9][2], crossed[9][1]  # high and low swapped
+    jump = [r[:] for r in rows]
+    jump[-1] = [jump[-2][3], 1e308, jump[-2][3], 1e308, 1000.0]  # ordered, finite, positive: only implausible
     return [
         ("rows of four values", body(bars=[r[:4] for r in rows]), "bars[0]", "at least 5"),
         ("columns of unequal length", body(bars=unequal), "bars", "equal lengths"),
@@ -155,6 +165,7 @@ def _bad_bodies(bars: np.ndarray, max_bars: int) -> list[tuple[str, bytes, str, 
         ("Infinity", with_value(5, 1, "Infinity"), "bars[5]", "non-finite"),
         ("negative price", body(bars=negative), "bars[7]", "non-positive"),
         ("high < low", body(bars=crossed), "bars[9]", "high < low"),
+        ("implausible price jump", body(bars=jump), f"bars[{len(rows) - 1}]", "above or below the median close"),
         ("unknown field", body(bars=rows, side="buy"), "side", "unknown field"),
         ("position out of range", body(bars=rows, position=3), "position", "less than or equal"),
         ("a string for a number", with_value(2, 4, '"1000"'), "bars[2][4]", "number"),
@@ -182,6 +193,53 @@ def test_bad_input_gets_json_422_naming_the_field_and_caches_nothing(client, mar
     after = health(client)
     assert after["status"] == "ok"
     assert {k: after["cache"][k] for k in ("hits", "misses", "size")} == {k: before[k] for k in ("hits", "misses", "size")}
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_declared_json_gets_415_naming_application_json(client, market_bars, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = json.dumps({"bars": market_bars[5].tolist()}).encode()
+    for path, payload in (("/v1/predict", body), ("/v1/predict/batch", b'{"requests": [' + body + b"]}")):
+        response = client.post(path, content=payload, headers=headers)
+        assert response.status_code == 415, response.text
+        assert response.json()["error"] == "unsupported_media_type"
+        assert "application/json" in response.json()["detail"]
+
+
+def test_largest_documented_batch_of_real_bars_is_answered(client, serve_app, engine):
+    """256 requests of the default model's bars_needed bars, 6 significant digits like real quotes: over
+    serve.max_body_bytes, within serve.max_batch_body_bytes. Each answer equals the bare engine's."""
+    bars_each = max(DataConfig().window + LOOKBACK, engine.bars_needed)
+    frame = generate_market(1, bars_each + MAX_BATCH_REQUESTS, seed=8, horizon=4).bars["SYN00"]
+    values = np.vectorize(lambda value: float(f"{value:.6g}"))(frame[list(BAR_COLUMNS)].to_numpy())
+    windows = [values[start : start + bars_each] for start in range(MAX_BATCH_REQUESTS)]
+    body = json.dumps({"requests": [{"bars": window.tolist()} for window in windows]}).encode()
+    assert serve_app.serve_config.max_body_bytes < len(body) <= serve_app.serve_config.max_batch_body_bytes
+
+    response = client.post("/v1/predict/batch", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 200, response.text[:300]
+    answers = response.json()["responses"]
+    expected = engine.predict_bars(windows, [None] * len(windows))
+    assert len(answers) == MAX_BATCH_REQUESTS
+    for answer, prediction in zip(answers, expected):
+        assert_same_decision(answer, prediction)
+
+
+def test_docs_render_offline_from_the_apps_own_assets(serve_app):
+    """/docs and /redoc reference only URLs this server answers (no CDN), without a token."""
+    with httpx.Client(base_url=serve_app.url, timeout=30.0) as anonymous:
+        for page in ("/docs", "/redoc"):
+            html = anonymous.get(page)
+            assert html.status_code == 200, html.text
+            urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)
+            assert len(urls) >= 2, html.text
+            for url in urls:
+                assert url.startswith("/") and not url.startswith("//"), f"{page} loads {url} from off the host"
+                asset = anonymous.get(url)
+                assert asset.status_code == 200 and len(asset.content) > 1000, url
+        operations = [op for item in anonymous.get("/openapi.json").json()["paths"].values() for op in item.values()]
+        assert all(op.get("summary") and op.get("description") for op in operations)
 
 
 def test_body_limits_and_malformed_json_are_refused_before_parsing(client, serve_app):

@@ -130,7 +130,7 @@ def _hostile_bodies(app_under_test) -> dict[str, tuple[bytes, str, int, str | No
         "too_few_bars": (json.dumps({"bars": rows[:3]}).encode(), "application/json", 422, "bars"),
         "unknown_field": (json.dumps({"bars": rows, "leverage": 100}).encode(), "application/json", 422, "leverage"),
         "null_bars": (b'{"bars": null}', "application/json", 422, "bars"),
-        "wrong_content_type": (text, "text/plain", 422, None),
+        "wrong_content_type": (text, "text/plain", 415, None),
         "invalid_utf8": (b'{"bars": "\xff\xfe"}', "application/json", 400, None),
     }
 

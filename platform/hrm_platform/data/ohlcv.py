@@ -29,13 +29,25 @@ class OHLCVError(ValueError):
     """A file that cannot be used as bars; the message names the file, the row and the problem."""
 
 
-def find_bar_problem(values: np.ndarray) -> tuple[int, str] | None:
-    """First bad row of (N, 5) float64 bars in BAR_COLUMNS order and what is wrong with it, or None."""
+def column_key(name: object) -> str:
+    """A column name as it is matched: any case, spaces and dashes as underscores ('Adj Close' -> 'adj_close')."""
+    return str(name).strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def find_bar_problem(values: np.ndarray, max_price_ratio: float | None = None) -> tuple[int, str] | None:
+    """First bad row of (N, 5) float64 bars in BAR_COLUMNS order and what is wrong with it, or None.
+
+    With `max_price_ratio`, a price more than that factor above or below the median close of these bars is an
+    implausible jump (a 1e308 close after closes near 100). The HTTP API applies it to a request's bars; the
+    file loader does not, since a long history can move that far for real.
+    """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != len(BAR_COLUMNS):
         raise ValueError(f"bars must have shape (N, 5) in {BAR_COLUMNS} order, got {values.shape}")
     with np.errstate(invalid="ignore"):
         checks = _bar_checks(values)
+        if max_price_ratio is not None:
+            checks += _price_jump_checks(values, max_price_ratio)
     first_bad = [(int(np.argmax(mask)), order) for order, (mask, _) in enumerate(checks) if mask.any()]
     if not first_bad:
         return None
@@ -56,6 +68,26 @@ def _bar_checks(values: np.ndarray) -> list[tuple[np.ndarray, str]]:
         ((close < low) | (close > high), "close outside [low, high]"),
     ]
     return checks
+
+
+def _price_jump_checks(values: np.ndarray, max_ratio: float) -> list[tuple[np.ndarray, str]]:
+    """(mask (N,) bool, message) per price column: outside [median close / max_ratio, median close * max_ratio].
+    The median barely moves for one wild bar, unlike the mean; it skips non-finite and non-positive closes, which
+    their own checks report (a NaN would make every comparison false)."""
+    close = values[:, 3]
+    usable = close[np.isfinite(close) & (close > 0)]
+    if usable.size == 0:
+        return []
+    reference = float(np.median(usable))
+    low_bound, high_bound = reference / max_ratio, reference * max_ratio
+    rule = f"is more than {max_ratio:g}x above or below the median close ({reference:.6g}) of the bars"
+    return [
+        (
+            (values[:, column] > high_bound) | (values[:, column] < low_bound),
+            f"{BAR_COLUMNS[column]} {rule}: an implausible jump",
+        )
+        for column in _PRICE_COLUMNS
+    ]
 
 
 def load_ohlcv(path: Path, min_rows: int = 1) -> dict[str, pd.DataFrame]:
@@ -113,7 +145,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 def _column_map(table: pd.DataFrame, path: Path) -> dict[str, str]:
     """Logical name (open, ..., volume, time, symbol) -> the file's column name."""
-    normalised = {str(name).strip().lower().replace(" ", "_").replace("-", "_"): name for name in table.columns}
+    normalised = {column_key(name): name for name in table.columns}
     columns = {name: normalised[name] for name in BAR_COLUMNS if name in normalised}
     missing = [name for name in BAR_COLUMNS if name not in columns]
     time_names = [name for name in ("__index_time__",) + TIME_COLUMNS if name in normalised]

@@ -4,11 +4,16 @@
 methods. The Serve deployment (serving/app.py) passes itself; unit tests pass a fake. Every error leaves as
 `ErrorResponse` JSON:
 
-    401 unauthorized     missing or wrong bearer token (only when a token is configured)
-    413 body_too_large   Content-Length or the streamed body over serve.max_body_bytes, before any parsing
-    422 invalid_request  a field that fails validation; `field` names it (bars[12], position, requests[3].bars)
-    400 invalid_json     a body that is not JSON
-    503 overloaded       the replica is over its memory limit (Retry-After) or has no model yet
+    401 unauthorized            missing or wrong bearer token (only when a token is configured)
+    413 body_too_large          Content-Length or the streamed body over serve.max_body_bytes
+                                (serve.max_batch_body_bytes for /v1/predict/batch), before any parsing
+    415 unsupported_media_type  a POST body whose Content-Type is not application/json (or +json); none counts
+    422 invalid_request         a field that fails validation; `field` names it (bars[12], position, requests[3].bars)
+    400 invalid_json            a body that is not JSON
+    503 overloaded              the replica is over its memory limit (Retry-After) or has no model yet
+
+/docs (Swagger UI) and /redoc load their scripts and styles from the app itself (the fastapi-offline
+package's copies under DOCS_ASSETS_URL), so they render on a machine with no internet.
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hrm_platform.config import ServeConfig
 from hrm_platform.serving.schemas import (
+    MAX_BATCH_REQUESTS,
     BatchRequest,
     BatchResponse,
     ErrorResponse,
@@ -34,18 +43,30 @@ from hrm_platform.serving.schemas import (
     ModelSummary,
     PredictRequest,
     PredictResponse,
+    batch_examples,
     field_name,
+    predict_examples,
 )
 
 logger = logging.getLogger(__name__)
 
 PROTECTED_PREFIXES = ("/v1/predict", "/v1/model")  # every route that runs or describes the model
+BATCH_PATH = "/v1/predict/batch"
 RETRY_AFTER_S = 1
+JSON_MEDIA_TYPE = "application/json"
+BYTES_PER_BAR = 55  # a real row as JSON, e.g. `[172.216, 172.283, 172.139, 172.262, 12640.5], `: sizes the docs
+DOCS_ASSETS_URL = "/docs/assets"
+DOCS_ASSETS_PACKAGE = ("fastapi_offline", "static")  # swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js
 STATUS_CODES = {400: "invalid_json", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                413: "body_too_large", 422: "invalid_request", 503: "overloaded"}
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # documented in the OpenAPI schema of every route
-    status: {"model": ErrorResponse, "description": STATUS_CODES[status]} for status in (400, 401, 413, 422, 503)
-}
+                413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request", 503: "overloaded"}
+
+
+def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": STATUS_CODES[status]} for status in statuses}
+
+
+ERROR_RESPONSES = _error_responses(400, 401, 413, 422, 503)  # documented in the OpenAPI schema of every route
+JSON_BODY_RESPONSES = _error_responses(415)  # and of the routes that take a body
 
 
 class Service(Protocol):
@@ -64,37 +85,136 @@ def create_api(service: Service, serve: ServeConfig, auth_token: str | None) -> 
     api = FastAPI(
         title="HRM trading decisions",
         version="1",
-        description="Raw OHLCV bars in, a hold/buy/sell decision with quantity and confidence out.",
+        description="Raw OHLCV bars in, a hold/buy/sell decision with quantity and confidence out. Send "
+        "`Authorization: Bearer <token>` when the server has one (every route but /v1/health).",
         responses=ERROR_RESPONSES,
+        docs_url=None,  # FastAPI's own pages load Swagger UI and ReDoc from a CDN: _add_docs serves local copies
+        redoc_url=None,
     )
-    _add_routes(api, service)
+    _add_routes(api, service, serve)
+    _add_docs(api)
     _add_error_handlers(api)
     # Starlette runs the middleware added last first: the token is checked before the body is read.
-    api.add_middleware(BodyLimit, max_body_bytes=serve.max_body_bytes)
+    api.add_middleware(BodyLimit, default=ByteLimit(serve.max_body_bytes, "serve.max_body_bytes"),
+                       by_path={BATCH_PATH: ByteLimit(serve.max_batch_body_bytes, "serve.max_batch_body_bytes")})
     api.add_middleware(BearerToken, token=auth_token, protected_prefixes=PROTECTED_PREFIXES)
     return api
 
 
-def _add_routes(api: FastAPI, service: Service) -> None:
-    @api.post("/v1/predict", response_model=PredictResponse)
-    async def predict(request: PredictRequest, http_request: Request) -> PredictResponse:
+def _add_routes(api: FastAPI, service: Service, serve: ServeConfig) -> None:
+    takes_json = {"dependencies": [Depends(require_json)], "responses": JSON_BODY_RESPONSES}
+
+    @api.post("/v1/predict", response_model=PredictResponse, summary="One decision from recent bars",
+              description=predict_description(serve), **takes_json)
+    async def predict(
+        request: Annotated[PredictRequest, Body(openapi_examples=predict_examples())], http_request: Request
+    ) -> PredictResponse:
         return await service.predict(request, _started(http_request))
 
-    @api.post("/v1/predict/batch", response_model=BatchResponse)
-    async def predict_batch(batch: BatchRequest, http_request: Request) -> BatchResponse:
+    @api.post(BATCH_PATH, response_model=BatchResponse, summary=f"Up to {MAX_BATCH_REQUESTS} decisions in one call",
+              description=batch_description(serve), **takes_json)
+    async def predict_batch(
+        batch: Annotated[BatchRequest, Body(openapi_examples=batch_examples())], http_request: Request
+    ) -> BatchResponse:
         return await service.predict_batch(batch, _started(http_request))
 
-    @api.get("/v1/health", response_model=HealthResponse)
+    @api.get("/v1/health", response_model=HealthResponse, summary="Readiness, memory, cache and engine counters",
+             description=HEALTH_DESCRIPTION)
     async def health() -> HealthResponse:
         return await service.health()
 
-    @api.get("/v1/model", response_model=ModelSummary)
+    @api.get("/v1/model", response_model=ModelSummary, summary="The model being served",
+             description=MODEL_DESCRIPTION)
     async def model() -> ModelSummary:
         return service.model_summary()
 
 
+def predict_description(serve: ServeConfig) -> str:
+    return (
+        "Takes `bars`, oldest first, as rows `[[open, high, low, close, volume], ...]` or as columns "
+        '`{"open": [...], "high": [...], "low": [...], "close": [...], "volume": [...]}` (column keys in any case: '
+        "`Open`, `CLOSE`): at least `bars_needed` of them (GET /v1/model; only the last `bars_needed` matter) and at "
+        f"most {serve.max_bars} (serve.max_bars). Optional: `position` (-1 full short .. 1 full long), `max_segments` "
+        "(an ACT segment budget), `deadline_ms` (a latency budget). The answer's `trade` is `target_position - "
+        "position`.\n\n"
+        "Refused with 422 naming the field (`bars[12]`: the bar index, 0 = oldest): NaN or Infinity, a non-positive "
+        "price, high < low, open or close outside [low, high], negative volume, and an implausible jump: any price "
+        f"more than {serve.max_price_ratio:g}x above or below the median close of the request's bars "
+        "(serve.max_price_ratio). The body must be JSON (`Content-Type: application/json`, else 415) of at most "
+        f"{serve.max_body_bytes} bytes (serve.max_body_bytes, else 413)."
+    )
+
+
+def batch_description(serve: ServeConfig) -> str:
+    bars_each = serve.max_batch_body_bytes // (MAX_BATCH_REQUESTS * BYTES_PER_BAR)
+    return (
+        f'`{{"requests": [...]}}`: 1 to {MAX_BATCH_REQUESTS} requests, each as for POST /v1/predict, answered in order '
+        '`{"responses": [...]}` by one model. A bad item refuses the whole batch with 422 naming it '
+        f"(`requests[3].bars[12]`). The body may hold {serve.max_batch_body_bytes} bytes "
+        f"(serve.max_batch_body_bytes, else 413): {MAX_BATCH_REQUESTS} requests of about {bars_each} bars each, at "
+        f"~{BYTES_PER_BAR} bytes for a bar of real prices such as `[172.216, 172.283, 172.139, 172.262, 12640.5]`."
+    )
+
+
+HEALTH_DESCRIPTION = (
+    "No token needed (for probes). `status`: `ok`, `shedding` (over the memory limit: predictions get 503 with "
+    "Retry-After) or `loading` (no model yet); the memory guard's view of this replica, the cache counters, the "
+    "engine calls (inline and batched), and `reload_error` when the last hot reload failed (the old model serves)."
+)
+MODEL_DESCRIPTION = (
+    "The manifest summary of the model being served: version, engine variant, checkpoint, `bars_needed` (the fewest "
+    "bars a request must carry: window + feature lookback), window, ACT segments, features and the latest metrics."
+)
+
+
+def _add_docs(api: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc, whose scripts, styles and icon the app serves itself: nothing off-host."""
+    api.mount(DOCS_ASSETS_URL, StaticFiles(packages=[DOCS_ASSETS_PACKAGE]), name="docs-assets")
+
+    @api.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")  # a route prefix the app is mounted under
+        return get_swagger_ui_html(
+            openapi_url=root + api.openapi_url,
+            title=f"{api.title} - docs",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # else Swagger UI fetches a badge from swagger.io
+        )
+
+    @api.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_redoc_html(
+            openapi_url=root + api.openapi_url,
+            title=f"{api.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 def _started(request: Request) -> float:
     return request.scope.get("hrm.started", time.perf_counter())
+
+
+class NotJSON(Exception):
+    """A body declared as something other than JSON; becomes a 415 ErrorResponse naming Content-Type."""
+
+    def __init__(self, media_type: str) -> None:
+        declared = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
+        super().__init__(f"{declared}: send the body as {JSON_MEDIA_TYPE} (curl: -H 'Content-Type: {JSON_MEDIA_TYPE}')")
+
+
+async def require_json(request: Request) -> None:
+    """Refuse a body not declared JSON (application/json or application/*+json). curl -d without -H declares a
+    form; no Content-Type at all counts as not JSON too. FastAPI would hand either to pydantic as bytes, and the
+    client would get a puzzling 422 'Input should be a valid dictionary' with no field."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    main_type, _, subtype = media_type.partition("/")
+    if main_type != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        raise NotJSON(media_type)
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -121,6 +241,10 @@ def _add_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(InvalidRequest)
     async def invalid_request(_: Request, error: InvalidRequest) -> JSONResponse:
         return error_response(422, "invalid_request", error.detail, field=error.field)
+
+    @api.exception_handler(NotJSON)
+    async def not_json(_: Request, error: NotJSON) -> JSONResponse:
+        return error_response(415, STATUS_CODES[415], str(error), field="Content-Type")
 
     @api.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
@@ -164,20 +288,31 @@ class BearerToken:
         await self.app(scope, receive, send)
 
 
-class BodyLimit:
-    """413 before parsing: on a Content-Length over the limit, or once the streamed body passes it."""
+@dataclass(frozen=True)
+class ByteLimit:
+    max_bytes: int
+    setting: str  # the ServeConfig key that sets it, named in the 413 detail
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def detail(self) -> str:
+        return f"request body over {self.max_bytes} bytes ({self.setting})"
+
+
+class BodyLimit:
+    """413 before parsing: on a Content-Length over the path's limit, or once the streamed body passes it."""
+
+    def __init__(self, app: ASGIApp, default: ByteLimit, by_path: dict[str, ByteLimit]) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.default = default
+        self.by_path = by_path  # exact paths with their own limit (the batch route's is larger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.by_path.get(scope["path"], self.default)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            await self._too_large(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit.max_bytes):
+            await error_response(413, "body_too_large", limit.detail())(scope, receive, send)
             return
         received = 0
 
@@ -186,16 +321,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit.max_bytes:
                     # An HTTPException passes through FastAPI's body parsing unchanged (other errors become 400).
-                    raise HTTPException(413, self._detail())
+                    raise HTTPException(413, limit.detail())
             return message
 
         await self.app(scope, limited_receive, send)
-
-    def _detail(self) -> str:
-        return f"request body over {self.max_body_bytes} bytes (serve.max_body_bytes)"
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await error_response(413, "body_too_large", self._detail())(scope, receive, send)
 

@@ -1,7 +1,7 @@
 """The Serve replica: one FastAPI ingress deployment that validates, caches, batches and infers.
 
 Request path in a replica: FastAPI + pydantic parse the body (serving/http.py, schemas.py) -> `check_bars`
-(count, values) -> cache lookup keyed on (model_version, bars, budget) -> a miss alone in the replica
+(count, values, price jumps) -> cache lookup keyed on (model_version, bars, budget) -> a miss alone in the replica
 is computed at once; concurrent misses go through `@serve.batch`, which gathers them into one engine call on a
 single inference thread -> response. The engine, the cache and the memory guard are the replica's; the
 checkpoint comes from `user_config`, so a `serve deploy` that changes only `user_config.checkpoint` calls
@@ -247,7 +247,7 @@ class HRMDeployment:
     def _prepare(self, request: PredictRequest, model: ServedModel, prefix: str = "") -> PreparedRequest:
         engine = model.engine
         bars = request.bars_array()
-        check_bars(bars, engine.bars_needed, self._serve.max_bars, field=f"{prefix}bars")
+        check_bars(bars, engine.bars_needed, self._serve.max_bars, self._serve.max_price_ratio, field=f"{prefix}bars")
         bars = bars[-engine.bars_needed:]  # the answer depends on these only; a shorter key hits more often
         budget = _segment_budget(request, engine)
         key = self._cache.make_key(model.version, bars, budget)
