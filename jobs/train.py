@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(
             address=os.environ["RAY_ADDRESS"],
             runtime_env={"py_modules": [str(SOURCE_ROOT / "hrm_platform")]},
-            log_to_driver=not args.json,
+            log_to_driver=args.verbose,  # rank 0's progress lines come through a queue either way
         )
     # Run directly (no RAY_ADDRESS), run_training starts an embedded loopback cluster, as `hrm train` does.
     try:
-        summary = run_training(config, quiet=args.json)
+        summary = run_training(config, quiet=args.json, verbose=args.verbose)
     except ConfigError as error:  # a finished run, or one trained with other settings (training/run_dir.py)
         print(f"jobs.train: {error}", file=sys.stderr)
         return 2
@@ -73,6 +73,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=None, help="YAML preset, e.g. jobs/configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.add_argument("--json", action="store_true", help="print a machine-readable summary only")
+    parser.add_argument("--verbose", action="store_true", help="also forward the Ray workers' own logs")
     return parser.parse_args(argv)
 
 

@@ -1,9 +1,10 @@
-"""`hrm` console script: data / train / evaluate / export / serve / serve-env / predict / demo.
+"""`hrm` console script: data / train / evaluate / export / serve / serve-env / predict / demo / config.
 
+    hrm config --keys                                       # every setting: key, default, description
     hrm train --config jobs/configs/demo.yaml train.epochs=3
-    hrm evaluate --checkpoint runs/hrm/best --out artifacts/eval
-    hrm export --checkpoint runs/hrm/best
-    hrm serve --checkpoint runs/hrm/best
+    hrm evaluate --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003 --out artifacts/eval
+    hrm export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
+    hrm serve --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
     eval "$(hrm serve-env)" && serve run deployments/serve_config.yaml
     hrm predict --url http://127.0.0.1:8000 --bars bars.csv
     hrm demo
@@ -16,17 +17,77 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hrm_platform.config import ConfigError, PlatformConfig, load_config
+from pydantic import BaseModel
+
+from hrm_platform.config import ConfigError, PlatformConfig, ServeConfig, load_config
 
 DEMO_PRESET = Path("jobs/configs/demo.yaml")  # relative to the repository root, where `make demo` runs
+KEYS_TABLE_WIDTH = 118  # `hrm config --keys` wraps descriptions here
+PACKAGE = "hrm-platform"  # the distribution whose version `hrm --version` prints
+_SERVE_DEFAULTS = ServeConfig.model_fields  # `hrm predict` defaults to the server `hrm serve` starts
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends `(default: X)` to an argument's help only where there is a default to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: its --help shows every default."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(formatter_class=_HelpFormatter, **kwargs)
+
+
+class _PrintVersion(argparse.Action):
+    """`hrm --version`; the version is looked up only when asked, so `hrm --help` stays instant."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> None:
+        print(version_text())  # on stdout, as argparse's own version action does
+        parser.exit()
+
+
+def version_text() -> str:
+    """`hrm 0.1.0 (git 1a2b3c4)`, without the revision outside a git checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from hrm_platform.checkpoint import git_revision
+
+    try:
+        package_version = version(PACKAGE)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        package_version = "unknown"
+    revision = git_revision()
+    return f"hrm {package_version}" + (f" (git {revision[:7]})" if revision else "")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, help="YAML preset (default: built-in defaults)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML preset whose values replace the built-in defaults"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value",
+        help="config overrides applied on top of the preset, e.g. train.epochs=3 (`hrm config --keys` lists them)",
+    )
+
+
+def _add_data_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", type=Path, default=None, metavar="FILE",
+        help="OHLCV CSV/Parquet instead of the synthetic market (= data.source=file data.path=FILE)",
+    )
 
 
 def _config(args: argparse.Namespace) -> PlatformConfig:
@@ -50,10 +111,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    config = _config(args)  # a bad override fails before torch and Ray are imported
     from hrm_platform.training.trainer import TrainingError, print_summary, run_training
 
     try:
-        summary = run_training(_config(args), quiet=args.json)
+        summary = run_training(config, quiet=args.json, verbose=args.verbose)
     except TrainingError as error:
         print(f"hrm train: {error}", file=sys.stderr)
         return 1
@@ -94,7 +156,7 @@ def _walk_forward(args: argparse.Namespace) -> int:
         return 2
     config = _config(args)
     try:
-        runs = run_walk_forward(config, args.walk_forward, args.out, progress=_progress_line)
+        runs = run_walk_forward(config, args.walk_forward, args.out, progress=_progress_line, verbose=args.verbose)
     except (TrainingError, ValueError) as error:  # ConfigError (too few bars for K folds), OHLCVError
         print(f"hrm evaluate: {error}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1
@@ -116,7 +178,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         named = args.variants or []  # `--variants a b key=value` puts the override here: take it back out
         variants = [name for name in named if "=" not in name] or None
         overrides = [*args.overrides, *(item for item in named if "=" in item)]
-        report = export_engine(args.checkpoint, variants=variants, overrides=overrides)
+        report = export_engine(args.checkpoint, variants=variants, overrides=overrides, progress=_progress_line)
     except (CheckpointError, EngineError, VariantError, OSError, ValueError) as error:
         # OSError: a read-only checkpoint dir; ValueError: too few held-out windows, a bad export.* override
         print(f"hrm export: {error}", file=sys.stderr)
@@ -164,10 +226,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     token = os.environ.get(args.token_env) or None
     try:
         print(predict_from_file(args.url, args.bars, args.position, args.max_segments, token=token))
-    except (ClientError, OHLCVError) as error:
+    except OHLCVError as error:  # the user's file: bad input, like every other command's
         print(f"hrm predict: {error}", file=sys.stderr)
+        return 2
+    except ClientError as error:  # the server: unreachable, or it refused the request
+        print(f"hrm predict: {error}", file=sys.stderr)
+        if error.status == 401:
+            print(f"hrm predict: {unauthorized_hint(args.token_env, token_sent=token is not None)}", file=sys.stderr)
         return 1
     return 0
+
+
+def unauthorized_hint(token_env: str, token_sent: bool) -> str:
+    """What to do about a 401: send a token, or check the one sent."""
+    if token_sent:
+        return f"the server refused the bearer token in {token_env}: it must equal the token the server was started with"
+    return f"the server requires a bearer token: set {token_env} (or --token-env NAME)"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -179,21 +253,76 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as error:  # ConfigError, or a data file that cannot be read (OHLCVError)
         print(f"hrm demo: {error}", file=sys.stderr)
         return 2
-    return run_demo(config, keep_serving=args.keep_serving, out_dir=args.out)
+    return run_demo(config, keep_serving=args.keep_serving, out_dir=args.out, verbose=args.verbose)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    config = _config(args)  # a bad override fails here like in every other command
+    if args.keys:
+        print(config_keys_table(config))
+    else:
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def config_keys_table(config: PlatformConfig) -> str:
+    """Every setting as `section.key  default  description`, a block per section; where `config` (a preset
+    plus overrides) differs from the default, `[here: value]` follows."""
+    defaults = PlatformConfig()
+    return "\n\n".join(
+        _section_keys(name, getattr(defaults, name), getattr(config, name)) for name in PlatformConfig.model_fields
+    )
+
+
+def _section_keys(name: str, default: BaseModel, current: BaseModel) -> str:
+    defaults, values = default.model_dump(mode="json"), current.model_dump(mode="json")
+    shown = {key: _as_override(value) for key, value in defaults.items()}
+    key_width = max(len(f"{name}.{key}") for key in shown)
+    default_width = min(20, max(len(text) for text in shown.values()))  # a long default pushes only its own line
+    lines = [f"{name}: {' '.join((type(default).__doc__ or '').split())}"]
+    for key, field in type(default).model_fields.items():
+        here = _as_override(values[key])
+        note = f"[here: {here}]" if here != shown[key] else ""
+        prefix = f"  {f'{name}.{key}':<{key_width}}  {shown[key]:<{default_width}}  "
+        text = " ".join(part for part in (field.description, note) if part)
+        wrapped = textwrap.wrap(
+            text, KEYS_TABLE_WIDTH, initial_indent=prefix, subsequent_indent=" " * len(prefix), break_on_hyphens=False
+        )
+        lines += wrapped or [prefix.rstrip()]
+    return "\n".join(lines)
+
+
+def _as_override(value: object) -> str:
+    """A value as it is written in a `key=value` override (YAML flow style): null, true, [1, 8], 0.001."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).removesuffix("...\n").strip()
+
+
+def _add_verbose_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="also show Ray's own logs (its workers' output and INFO lines); by default only ours and errors",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hrm", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action=_PrintVersion)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     data = commands.add_parser("data", help="build the datasets and print a summary")
     _add_config_args(data)
-    data.add_argument("--data", type=Path, default=None, help="OHLCV CSV/Parquet instead of the synthetic market")
+    _add_data_arg(data)
     data.set_defaults(handler=_cmd_data)
 
     train = commands.add_parser("train", help="train on an embedded local Ray cluster")
     _add_config_args(train)
+    _add_data_arg(train)
     train.add_argument("--json", action="store_true", help="print a machine-readable summary only")
+    _add_verbose_arg(train)
     train.set_defaults(handler=_cmd_train)
 
     evaluate = commands.add_parser(
@@ -202,21 +331,31 @@ def _build_parser() -> argparse.ArgumentParser:
         "K: train a model per fold (Ray Train, folds run concurrently as the cluster has room) on the history "
         "before each of K consecutive test periods, and report every fold and the folds pooled.",
     )
-    evaluate.add_argument("--checkpoint", type=Path, default=None)
+    evaluate.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", default=None, help="checkpoint directory to backtest"
+    )
     evaluate.add_argument("--walk-forward", type=int, default=None, metavar="K", help="folds to train and test")
     evaluate.add_argument("--config", type=Path, default=None, help="YAML preset for --walk-forward")
-    evaluate.add_argument("--data", type=Path, default=None, help="OHLCV CSV/Parquet instead of the synthetic market")
-    evaluate.add_argument("--out", type=Path, default=Path("artifacts/eval"))
+    _add_data_arg(evaluate)
+    evaluate.add_argument(
+        "--out", type=Path, metavar="DIR", default=Path("artifacts/eval"), help="folder for metrics, plots, report.md"
+    )
     evaluate.add_argument(
         "overrides", nargs="*", metavar="section.key=value",
         help="with --checkpoint: eval.*, data.* and baselines.* changes, e.g. eval.cost_bps=5; with "
         "--walk-forward: any setting, e.g. train.epochs=2",
     )
+    _add_verbose_arg(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     export = commands.add_parser("export", help="measure engine variants and write the serving manifest")
-    export.add_argument("--checkpoint", type=Path, required=True)
-    export.add_argument("--variants", nargs="*", default=None, help="variants to try (default: all that apply)")
+    export.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", required=True, help="checkpoint directory to export"
+    )
+    export.add_argument(
+        "--variants", nargs="*", default=None, metavar="NAME",
+        help="variants to try, e.g. eager jit_int8 (the registry is in serving/variants.py); none: all that apply",
+    )
     export.add_argument(
         "overrides", nargs="*", metavar="export.key=value", help="export settings, e.g. export.min_eval_windows=100"
     )
@@ -224,7 +363,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a checkpoint over HTTP until interrupted")
     _add_config_args(serve)
-    serve.add_argument("--checkpoint", type=Path, required=True)
+    serve.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", required=True,
+        help="checkpoint directory (served with the engine `hrm export` chose for it)",
+    )
     serve.set_defaults(handler=_cmd_serve)
 
     serve_env = commands.add_parser(
@@ -237,21 +379,51 @@ def _build_parser() -> argparse.ArgumentParser:
     serve_env.set_defaults(handler=_cmd_serve_env)
 
     predict = commands.add_parser("predict", help="send bars from a CSV/Parquet file to a running server")
-    predict.add_argument("--url", default="http://127.0.0.1:8000")
-    predict.add_argument("--bars", type=Path, required=True)
-    predict.add_argument("--position", type=float, default=0.0)
-    predict.add_argument("--max-segments", type=int, default=None)
-    predict.add_argument("--token-env", default="HRM_API_TOKEN", help="env var holding the bearer token, if any")
+    predict.add_argument(
+        "--url", default=f"http://{_SERVE_DEFAULTS['host'].default}:{_SERVE_DEFAULTS['port'].default}",
+        help="base URL of the server",
+    )
+    predict.add_argument(
+        "--bars", type=Path, metavar="FILE", required=True, help="OHLCV CSV/Parquet; its latest bars per symbol are sent"
+    )
+    predict.add_argument(
+        "--position", type=float, default=0.0, help="current position: -1 full short .. 0 flat .. 1 full long"
+    )
+    predict.add_argument(
+        "--max-segments", type=int, default=None, help="ACT segments at most (fewer: faster); none: the model's limit"
+    )
+    predict.add_argument(
+        "--token-env", default=_SERVE_DEFAULTS["auth_token_env"].default,
+        help="env var holding the bearer token, if the server requires one",
+    )
     predict.set_defaults(handler=_cmd_predict)
 
     demo = commands.add_parser("demo", help="data -> train -> evaluate -> export -> serve -> requests")
     _add_config_args(demo)
     # The demo preset sizes the model for a few minutes on 2 CPUs; the built-in defaults are the serving size.
     demo.set_defaults(config=DEMO_PRESET if DEMO_PRESET.is_file() else None)
-    demo.add_argument("--data", type=Path, default=None, help="OHLCV CSV/Parquet instead of the synthetic market")
-    demo.add_argument("--out", type=Path, default=Path("artifacts/demo"))
-    demo.add_argument("--keep-serving", action="store_true", help="keep the server up after the demo")
+    _add_data_arg(demo)
+    demo.add_argument(
+        "--out", type=Path, metavar="DIR", default=Path("artifacts/demo"), help="folder for the report and summary.json"
+    )
+    demo.add_argument(
+        "--keep-serving", action="store_true", help="keep the server up after the demo (Ctrl-C stops it)"
+    )
+    _add_verbose_arg(demo)
     demo.set_defaults(handler=_cmd_demo)
+
+    config = commands.add_parser(
+        "config", help="print the merged config (preset + overrides) as YAML, or every key with --keys",
+        description="Without --keys: the configuration a command would run with, as YAML (a preset for --config). "
+        "With --keys: every setting as section.key, its default and what it does.",
+    )
+    _add_config_args(config)
+    config.add_argument("--keys", action="store_true", help="list every key with its default and description")
+    config.set_defaults(handler=_cmd_config)
+
+    from hrm_platform.runs import add_runs_command  # argparse, json and config only: --help stays instant
+
+    add_runs_command(commands)
     return parser
 
 

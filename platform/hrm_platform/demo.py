@@ -61,7 +61,8 @@ class DemoSummary:
     stage_seconds: dict[str, float]
     curl: str
 
-    def render(self) -> str:
+    def render(self, keep_serving: bool) -> str:
+        """The closing summary; without `keep_serving` the demo stops its server as it ends, and says so."""
         burst = self.burst
         level = f"{self.confidence:.0%} CI"
         lines = [
@@ -86,10 +87,19 @@ class DemoSummary:
             f"checkpoint            {self.checkpoint}",
             f"report and plots      {self.report_dir}/report.md",
             "stage times (s)       " + ", ".join(f"{k} {v:.0f}" for k, v in self.stage_seconds.items()),
-            f"try it                {self.curl}",
+            *_try_it(self.curl, keep_serving),
             "=" * 72,
         ]
         return "\n".join(lines)
+
+
+def _try_it(curl: str, keep_serving: bool) -> list[str]:
+    if keep_serving:
+        return [f"try it                {curl}"]
+    return [
+        "try it                the demo stops its server as it ends: rerun with `hrm demo --keep-serving`, then",
+        f"                      {curl}",
+    ]
 
 
 def _pct(value: float | None) -> str:
@@ -126,9 +136,9 @@ def check_before_training(config: PlatformConfig) -> None:
         raise ConfigError(too_few_windows_message(held_out, config.export.min_eval_windows))
 
 
-def run_demo(config: PlatformConfig, keep_serving: bool, out_dir: Path) -> int:
+def run_demo(config: PlatformConfig, keep_serving: bool, out_dir: Path, verbose: bool = False) -> int:
     """Run every stage; returns the process exit code. `config.data` already points at a `--data` file when
-    one was given (the CLI turns `--data` into overrides)."""
+    one was given (the CLI turns `--data` into overrides). `verbose` forwards the Ray workers' own logs."""
     from hrm_platform.evaluation.walk_forward import run_walk_forward
     from hrm_platform.evaluation.walk_forward_report import write_walk_forward_report
     from hrm_platform.local_ray import init_local_ray
@@ -145,8 +155,9 @@ def run_demo(config: PlatformConfig, keep_serving: bool, out_dir: Path) -> int:
     config.serve.access_log = False  # the burst's summary says more than 60 access-log lines
     timings: dict[str, float] = {}
     # One cluster for every stage: training and serving reuse it instead of starting their own.
-    # log_to_driver off: the walk-forward stage prints a line per fold step; Ray's worker chatter would bury them.
-    init_local_ray(num_cpus=max(os.cpu_count() or 1, config.train.num_workers), log_to_driver=False)
+    # Without --verbose no worker log is forwarded: the stages print their own lines, which Ray's chatter
+    # (placement-group cleaners, report dumps, core-worker warnings) would bury.
+    init_local_ray(num_cpus=max(os.cpu_count() or 1, config.train.num_workers), log_to_driver=verbose)
 
     folds = config.data.folds
     with _stage("walk-forward", timings):
@@ -157,7 +168,7 @@ def run_demo(config: PlatformConfig, keep_serving: bool, out_dir: Path) -> int:
         print(evaluation.summary(), flush=True)
     checkpoint = Path(runs[-1].checkpoint)
     with _stage("export (engine variants)", timings):
-        export = export_engine(checkpoint)
+        export = export_engine(checkpoint, progress=lambda line: print(f"    {line}", flush=True))
         print(export.summary(), flush=True)
     with _stage("serve (Ray Serve on 127.0.0.1)", timings):
         url = start_server(checkpoint, config.serve)
@@ -166,7 +177,7 @@ def run_demo(config: PlatformConfig, keep_serving: bool, out_dir: Path) -> int:
         with _stage("HTTP burst", timings):
             burst = send_burst(url, config)
         summary = _summarise(runs[-1], evaluation, export, burst, url, out_dir, timings)
-        print(summary.render(), flush=True)
+        print(summary.render(keep_serving), flush=True)
         (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
         if keep_serving:
             _wait_for_interrupt(url)

@@ -13,7 +13,13 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def init_local_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
-    """Start a new local cluster bound to loopback; never attach to another cluster on this machine."""
+    """Start a new local cluster bound to loopback; never attach to another cluster on this machine.
+
+    `log_to_driver` (the commands' --verbose) forwards the workers' logs and keeps Ray's INFO lines in this
+    process; off, only Ray's errors show here, and our own lines (progress, stages) are the output.
+    """
+    import logging
+
     import ray
 
     from hrm_platform.ray_compat import set_loopback_cluster_mode
@@ -21,4 +27,7 @@ def init_local_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> N
     # The environment for the processes the cluster starts; this process's value (read at import) below.
     os.environ.update(LOOPBACK_ENV)
     set_loopback_cluster_mode()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
+    ray.init(
+        address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
+        logging_level=logging.INFO if log_to_driver else logging.ERROR,
+    )

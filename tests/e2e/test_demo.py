@@ -39,6 +39,20 @@ def test_demo_succeeds_and_prints_the_summary(demo_run) -> None:
         assert line in completed.stdout
 
 
+# What Ray's own processes print when their logs are forwarded: none of it belongs in the default output.
+RAY_INTERNALS = ("(PlacementGroupCleaner", "TrainingReport(", "core_worker.cc", "(TrainController", "(RayTrainWorker",
+                 "(raylet)", "(ServeController", "authentication_token_setup")
+
+
+def test_demo_output_has_our_lines_and_no_ray_internals(demo_run) -> None:
+    completed, _ = demo_run
+    output = completed.stdout + completed.stderr
+    leaked = [line for line in output.splitlines() if any(marker in line for marker in RAY_INTERNALS)]
+    assert not leaked, "\n".join(leaked[:10])
+    for stage in ("==> walk-forward", "fold 2: done", "==> export", "[  0.0 s] building", "==> serve"):
+        assert stage in completed.stdout
+
+
 def test_demo_summary_values(demo_run) -> None:
     _, out_dir = demo_run
     summary = json.loads((out_dir / "summary.json").read_text())

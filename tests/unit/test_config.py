@@ -136,3 +136,24 @@ def test_plain_dict_round_trip_for_ray_workers() -> None:
     assert validate_config(config.model_dump()) == config
     with pytest.raises(ConfigError, match="model.n_heads=0"):
         validate_config({"model": {"n_heads": 0}}, source="worker")
+
+
+def test_unknown_key_suggests_the_closest_key_of_its_section() -> None:
+    """Before: `train.epoch: unknown key (value 3)` with no suggestion."""
+    assert "train.epoch: unknown key (value 3); did you mean train.epochs?" in _error(["train.epoch=3"])
+    assert "did you mean data.window?" in _error(["data.windw=32"])
+
+
+def test_unknown_section_suggests_the_closest_section() -> None:
+    assert "trainer: unknown key (value {'epochs': 3}); did you mean train?" in _error(["trainer.epochs=3"])
+
+
+def test_unknown_key_in_a_preset_gets_the_suggestion_too(tmp_path: Path) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("serve:\n  prot: 8001\n")
+    assert "serve.prot: unknown key (value 8001); did you mean serve.port?" in _error([], preset)
+
+
+def test_unknown_key_like_no_real_one_gets_no_suggestion() -> None:
+    message = _error(["train.zzzz=1"])
+    assert "train.zzzz: unknown key (value 1)" in message and "did you mean" not in message

@@ -77,9 +77,10 @@ def fold_parallelism(config: PlatformConfig, cluster_cpus: float) -> int:
 
 
 def run_walk_forward(
-    config: PlatformConfig, folds: int, out_dir: Path, progress: Progress | None = None
+    config: PlatformConfig, folds: int, out_dir: Path, progress: Progress | None = None, verbose: bool = False
 ) -> list[FoldRun]:
-    """Train and backtest every fold on the connected Ray cluster (or an embedded local one)."""
+    """Train and backtest every fold on the connected Ray cluster (or an embedded local one, which forwards
+    its workers' logs only when `verbose`)."""
     import ray
 
     from hrm_platform.local_ray import init_local_ray
@@ -90,7 +91,7 @@ def run_walk_forward(
     configs = [fold_config(config, fold, folds, runs_dir) for fold in range(folds)]
     started_here = not ray.is_initialized()
     if started_here:
-        init_local_ray(num_cpus=os.cpu_count() or 1, log_to_driver=False)
+        init_local_ray(num_cpus=os.cpu_count() or 1, log_to_driver=verbose)
     try:
         parallel = fold_parallelism(config, ray.cluster_resources().get("CPU", 1.0))
         say(f"walk-forward: {folds} folds, {parallel} at a time")

@@ -19,7 +19,12 @@ from hrm_platform.data.ohlcv import BAR_COLUMNS, load_ohlcv
 
 
 class ClientError(RuntimeError):
-    """The server refused the request or could not be reached; the message says which and why."""
+    """The server refused the request or could not be reached; the message says which and why, and `status`
+    holds the HTTP status of a refusal (None when the server was not reached)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def predict_from_file(
@@ -52,7 +57,7 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[s
     except httpx.HTTPError as error:
         raise ClientError(f"cannot reach {client.base_url}{path}: {error}") from None
     if response.status_code != 200:
-        raise ClientError(f"{method} {path} -> {response.status_code}: {_error_text(response)}")
+        raise ClientError(f"{method} {path} -> {response.status_code}: {_error_text(response)}", response.status_code)
     return response.json()
 
 

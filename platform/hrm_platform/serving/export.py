@@ -1,7 +1,7 @@
 """Export: build every engine variant once, measure and check it, choose what replicas serve.
 
-    hrm export --checkpoint runs/demo/epoch_0002
-    ray job submit --working-dir . -- python -m jobs.export --checkpoint runs/demo/epoch_0002
+    hrm export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
+    ray job submit --working-dir . -- python -m jobs.export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
 
 For each variant (serving/variants.py) export builds it and writes its artefacts, then, side by side in one
 process with `serve.torch_threads` threads:
@@ -25,7 +25,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -65,12 +65,15 @@ def export_engine(
     variants: Sequence[str] | None = None,
     settings: ExportSettings | None = None,
     overrides: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Build, measure and check engine variants of a checkpoint; write the serving manifest + artefacts.
 
     variants None = every variant that runs on this machine (the GPU ones too with CUDA) except those that
-    compile at replica start (`Variant.explicit_only`); `eager int8 jit_int8` export in seconds.
+    compile at replica start (`Variant.explicit_only`); `eager int8 jit_int8` export in seconds. `progress`
+    gets a line as each stage starts (the whole export takes tens of seconds).
     """
+    stage = _stage_printer(progress)
     checkpoint = Path(checkpoint).absolute()
     hrm, loaded = load_model(checkpoint)
     if settings is None:
@@ -83,8 +86,11 @@ def export_engine(
     staging = checkpoint / f".serving.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
+        stage(f"building {len(names)} variants: {', '.join(names)}")
         figures, engines = _build_all(hrm, loaded, names, staging)
+        stage(f"timing batch 1 ({settings.repeats_batch1} runs) and batch 32 ({settings.repeats_batch32}) per variant")
         measure_latency(engines, figures, windows, settings)
+        stage(f"checking agreement with eager fp32 on {windows.shape[0]} held-out windows")
         check_agreement(engines, figures, windows, settings, batch_size=loaded.config.serve.max_batch_size)
         target = _move_into_place(staging, serving_dir(checkpoint))
     except BaseException:
@@ -101,12 +107,25 @@ def export_engine(
         target / SERVING_MANIFEST,
     )
     _write_manifest(report)  # chosen=None while ready times are measured: a crash leaves eager
+    if settings.measure_ready:
+        stage("timing a fresh replica's start for each passing variant")
     measure_ready(report, settings)
     report.chosen = choose_variant(report.variants)
     _write_manifest(report)
     return report
 
 
+
+
+def _stage_printer(progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    """progress(line) with the seconds since the export started; a no-op without `progress`."""
+    started = time.perf_counter()
+
+    def stage(text: str) -> None:
+        if progress is not None:
+            progress(f"[{time.perf_counter() - started:5.1f} s] {text} ...")
+
+    return stage
 
 
 def _variant_names(variants: Sequence[str] | None) -> list[str]:

@@ -22,6 +22,7 @@ from hrm_platform.config import ServeConfig
 from hrm_platform.local_ray import init_local_ray
 from hrm_platform.serving.app import APP_NAME, application_config, check_engine_variant
 from hrm_platform.serving.ingress import ingress_env
+from hrm_platform.serving.manifest import ManifestError, read_serving_manifest
 from hrm_platform.serving.memory_guard import stop_memory_guard
 from hrm_platform.serving.replica import DEPLOYMENT_NAME
 
@@ -88,8 +89,13 @@ def serve_forever(checkpoint: Path, serve_config: ServeConfig) -> int:
 
     started_ray = not ray.is_initialized()
     url = start_server(checkpoint, serve_config)
-    print(f"serving {checkpoint} at {url}  (docs: {url}/docs; Ctrl-C stops)", flush=True)
-    print(f"  curl -s {url}/v1/health", flush=True)
+    model_version = load_manifest(checkpoint)["model_version"]
+    print(start_message(
+        checkpoint, url, model_version,
+        engine=served_engine(checkpoint, serve_config.engine_variant, model_version),
+        token_env=serve_config.auth_token_env,
+        token_required=bool(os.environ.get(serve_config.auth_token_env)),  # as start_server hands it to replicas
+    ), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -104,6 +110,38 @@ def serve_forever(checkpoint: Path, serve_config: ServeConfig) -> int:
             serve.shutdown()
             stop_memory_guard()  # detached: it would outlive the app on a shared cluster
     return 0
+
+
+def served_engine(checkpoint: Path, engine_variant: str, model_version: str) -> str:
+    """The engine the replicas load, in words: serve.engine_variant when it names one, else export's choice."""
+    if engine_variant != "auto":
+        return f"{engine_variant} (serve.engine_variant)"
+    try:
+        serving = read_serving_manifest(checkpoint, model_version)
+    except ManifestError as error:
+        return f"eager fp32 (unoptimised: {error})"
+    if serving is None:  # never exported, or exported for another model version or torch build (logged)
+        return f"eager fp32 (unoptimised: no export found; run `hrm export --checkpoint {checkpoint}`)"
+    if not serving.get("chosen"):
+        return "eager fp32 (`hrm export` found no variant that passed its checks)"
+    return f"{serving['chosen']} (chosen by `hrm export`)"
+
+
+def start_message(
+    checkpoint: Path, url: str, model_version: str, *, engine: str, token_env: str, token_required: bool
+) -> str:
+    """What `hrm serve` prints once the app runs: where, which model on which engine, and whether it needs a token."""
+    if token_required:
+        auth = f"token required ({token_env}): send -H \"Authorization: Bearer ${token_env}\""
+    else:
+        auth = f"no token: anyone who reaches the port may call it (set {token_env} before `hrm serve` to require one)"
+    return "\n".join([
+        f"serving {checkpoint} at {url}  (docs: {url}/docs; Ctrl-C stops)",
+        f"  model   {model_version}",
+        f"  engine  {engine}",
+        f"  auth    {auth}",
+        f"  curl -s {url}/v1/health",
+    ])
 
 
 # Ray Serve's public Python API (serve.run) always redeploys with a fresh code version, i.e. a rolling

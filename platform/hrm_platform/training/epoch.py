@@ -11,6 +11,7 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,8 +93,12 @@ def train_epoch(
     sampler: DistributedSampler,
     config: PlatformConfig,
     collective: Collective,
+    after_first_step: Callable[[float, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train epoch `run.epoch + 1` on this rank's shard; returns metrics reduced over all ranks."""
+    """Train epoch `run.epoch + 1` on this rank's shard; returns metrics reduced over all ranks.
+
+    `after_first_step(seconds, n_batches)` is called once, after the epoch's first step (the slow-start warning).
+    """
     epoch = run.epoch + 1
     train = config.train
     sampler.set_epoch(epoch)
@@ -124,6 +129,8 @@ def train_epoch(
         if run.first_step_unix is None:
             run.first_step_unix = time.time()
         totals.add(step_metrics, windows.shape[0])
+        if after_first_step is not None and totals.batches == 1:
+            after_first_step(time.perf_counter() - started, n_batches)
     elapsed = time.perf_counter() - started
     run.epoch = epoch
     return _reduce_epoch_metrics(run, totals, elapsed, collective, train.peak_tflops)

@@ -23,6 +23,7 @@ from hrm_platform.training.collective import Collective
 from hrm_platform.training.fit import ProgressFn, checkpoint_score, fit
 from hrm_platform.training.resume import checkpoint_name, resume_from, seed_rank, write_checkpoint
 from hrm_platform.training.state import build_model, new_training_run
+from hrm_platform.training.tracking import open_trackers
 
 
 def train_local(config: PlatformConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Path:
@@ -51,7 +52,11 @@ def train_local(config: PlatformConfig, out_dir: Path, *, progress: ProgressFn |
         write_checkpoint(out_dir / checkpoint_name(run.epoch), run, config, bundle, metrics, rng_by_rank)
         _prune(out_dir, config.train.keep_checkpoints)
 
-    fit(run, bundle, sampler, config, collective, save_epoch, progress)
+    trackers = open_trackers(config, out_dir, rank=0)  # TensorBoard events in out_dir/tensorboard
+    try:
+        fit(run, bundle, sampler, config, collective, save_epoch, progress, trackers)
+    finally:
+        trackers.close()
     return best_checkpoint(out_dir)
 
 

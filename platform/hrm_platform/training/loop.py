@@ -10,7 +10,6 @@ The epochs themselves are `training/fit.py`'s loop, the one `train_local` runs t
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,20 +27,22 @@ from hrm_platform.training.epoch import NonFiniteLossError
 from hrm_platform.training.fit import fit
 from hrm_platform.training.resume import checkpoint_name, resume_from, seed_rank, write_checkpoint
 from hrm_platform.training.state import TrainingRun, build_model, new_training_run
+from hrm_platform.training.tracking import open_trackers
 
-PRINT_PROGRESS_KEY = "print_progress"  # the one key of train_loop_config that is not a PlatformConfig section
+PROGRESS_QUEUE_KEY = "progress_queue"  # the one key of train_loop_config that is not a PlatformConfig section
 FAILURE_KEY = "failure"  # in the loop's return value when training stopped on purpose (non-finite loss)
 
 
-def loop_config(config: PlatformConfig, print_progress: bool) -> dict[str, Any]:
-    """What the driver hands Ray as train_loop_config: plain JSON-safe values."""
-    return {**config.model_dump(mode="json"), PRINT_PROGRESS_KEY: print_progress}
+def loop_config(config: PlatformConfig, progress_queue: Any | None = None) -> dict[str, Any]:
+    """What the driver hands Ray as train_loop_config: the config's plain values, and the Ray queue that rank
+    0's progress lines go to (`progress.relayed_progress`), or None for a quiet run."""
+    return {**config.model_dump(mode="json"), PROGRESS_QUEUE_KEY: progress_queue}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train one rank; returns {"epochs_completed": n} or {"failure": message} (Ray keeps rank 0's)."""
     raw = dict(config)
-    print_progress = bool(raw.pop(PRINT_PROGRESS_KEY, False))
+    progress_queue = raw.pop(PROGRESS_QUEUE_KEY, None)
     platform = validate_config(raw, source="train_loop_config")
     torch.set_num_threads(platform.train.torch_threads)  # Ray sets OMP_NUM_THREADS=1 in workers
     device = ray.train.torch.get_device()
@@ -54,19 +55,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     def save_epoch(metrics: dict[str, Any], rng_by_rank: list[dict[str, Any]]) -> None:
         _report(run, platform, bundle, metrics, rng_by_rank, collective.rank)
 
+    trackers = open_trackers(platform, _local_run_dir(), collective.rank)  # rank 0's TensorBoard, MLflow
     try:
-        epochs = fit(run, bundle, sampler, platform, collective, save_epoch, progress=_print_line if print_progress else None)
+        epochs = fit(run, bundle, sampler, platform, collective, save_epoch,
+                     progress=None if progress_queue is None else progress_queue.put, tracker=trackers)
     except NonFiniteLossError as error:
         # Every rank stops here together. Returning (not raising) ends the run at once: a raised error
         # would make FailureConfig restart from the last checkpoint and diverge again.
         return {FAILURE_KEY: str(error), "epochs_completed": run.epoch}
+    finally:
+        trackers.close()
     return {"epochs_completed": epochs}
 
 
-def _print_line(line: str) -> None:
-    # sys.stdout, not print(): Ray Train patches print() into its logger, which echoes it twice.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def _local_run_dir() -> Path | None:
+    """The run's folder `<storage_path>/<name>` as Ray Train resolved it (absolute: a worker's cwd is Ray's
+    session dir), where its checkpoints land; None when storage is a URI (s3://, gs://, ...)."""
+    storage = ray.train.get_context().get_storage()  # a DeveloperAPI of Ray Train (2.60)
+    if storage.storage_filesystem.type_name != "local":
+        return None
+    return Path(storage.experiment_fs_path)
 
 
 def _prepare_run(

@@ -29,7 +29,9 @@ from hrm_platform.config import PlatformConfig, TrainConfig
 from hrm_platform.local_ray import init_local_ray
 from hrm_platform.training.fit import SCORE_METRIC, checkpoint_score
 from hrm_platform.training.loop import FAILURE_KEY, loop_config, train_loop_per_worker
+from hrm_platform.training.progress import relayed_progress
 from hrm_platform.training.run_dir import check_run_can_continue
+from hrm_platform.training.tracking import require_mlflow
 
 
 class TrainingError(RuntimeError):
@@ -60,12 +62,13 @@ def storage_path(train: TrainConfig) -> str:
     return str(Path(train.storage_path).expanduser().resolve())
 
 
-def build_trainer(config: PlatformConfig, *, print_progress: bool = False) -> TorchTrainer:
-    """DDP over `train.num_workers` workers: NCCL on GPUs, gloo on CPUs; keeps the best k checkpoints."""
+def build_trainer(config: PlatformConfig, *, progress_queue: Any | None = None) -> TorchTrainer:
+    """DDP over `train.num_workers` workers: NCCL on GPUs, gloo on CPUs; keeps the best k checkpoints. Rank 0
+    puts a progress line per epoch on `progress_queue` when one is given."""
     train = config.train
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(config, print_progress),
+        train_loop_config=loop_config(config, progress_queue),
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,
@@ -85,29 +88,55 @@ def build_trainer(config: PlatformConfig, *, print_progress: bool = False) -> To
     )
 
 
-def run_training(config: PlatformConfig, quiet: bool = False) -> TrainingSummary:
+def run_training(config: PlatformConfig, quiet: bool = False, verbose: bool = False) -> TrainingSummary:
     """Train on the connected Ray cluster (a job's), or on an embedded local one started and stopped here.
 
-    Rank 0 prints a progress line per epoch unless `quiet`. A run of this name that is finished, or was
-    trained with other settings, is refused before Ray starts (`training/run_dir.py`).
+    Rank 0's progress line per epoch is printed here unless `quiet`; the workers' own logs (and Ray's
+    chatter with them) reach this process only when an embedded cluster is started `verbose`. A run of this
+    name that is finished, or was trained with other settings, is refused before Ray starts
+    (`training/run_dir.py`).
     """
+    require_mlflow(config.train)  # train.mlflow_tracking_uri without mlflow installed: refused before Ray starts
     check_run_can_continue(config)
-    with _ray_session(config.train, quiet):
-        result = build_trainer(config, print_progress=not quiet).fit()
+    if not quiet:
+        _print_line(start_line(config))
+    with _ray_session(config.train, log_to_driver=verbose), _progress_queue(quiet) as queue:
+        result = build_trainer(config, progress_queue=queue).fit()
     outcome = result.return_value if isinstance(result.return_value, dict) else {}
     if FAILURE_KEY in outcome:
         raise TrainingError(outcome[FAILURE_KEY])
     return summarize(result.best_checkpoints or [], result.checkpoint, str(result.path))
 
 
+def start_line(config: PlatformConfig) -> str:
+    """What is about to happen, printed before Ray's start-up (which takes a while and says nothing)."""
+    train = config.train
+    backend = "NCCL on GPUs" if train.use_gpu else "gloo on CPUs"
+    return (f"training run {train.name!r}: {train.epochs} epochs, {train.num_workers} Ray Train workers (DDP, "
+            f"{backend}), checkpoints under {storage_path(train)}/{train.name}; starting Ray ...")
+
+
 @contextmanager
-def _ray_session(train: TrainConfig, quiet: bool) -> Iterator[None]:
+def _progress_queue(quiet: bool) -> Iterator[Any | None]:
+    if quiet:
+        yield None
+        return
+    with relayed_progress(_print_line) as queue:
+        yield queue
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+@contextmanager
+def _ray_session(train: TrainConfig, log_to_driver: bool) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
     # Never attach to another cluster on this machine; make room for the workers even on a small one.
     needed_cpus = math.ceil(train.num_workers * train.cpus_per_worker)
-    init_local_ray(num_cpus=max(os.cpu_count() or 1, needed_cpus), log_to_driver=not quiet)
+    init_local_ray(num_cpus=max(os.cpu_count() or 1, needed_cpus), log_to_driver=log_to_driver)
     try:
         yield
     finally:
