@@ -112,12 +112,12 @@ def plot_drawdowns(
     return _save(figure, path)
 
 
-def plot_training_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:
-    """Per-epoch metrics from the checkpoint manifest: losses, accuracies and mean ACT segments, one panel each.
+def plot_training_curves(history: Sequence[Mapping[str, float]], path: Path, best_epoch: int | None = None) -> Path:
+    """Per-epoch metrics of the whole run: losses, accuracies and mean ACT segments, one panel each.
 
     `history` is the manifest's list of per-epoch dicts (nested dicts are flattened to 'train_loss'); keys
-    with 'loss', 'acc' or 'mean_segments' are drawn, per-segment lists and bookkeeping are left out. With no
-    history the panels say so instead of failing.
+    with 'loss', 'acc' or 'mean_segments' are drawn, per-segment lists and bookkeeping are left out. A dashed
+    line marks `best_epoch` (the evaluated checkpoint). With no history the panels say so instead of failing.
     """
     figure = Figure(figsize=(13, 4.2))
     panels = dict(zip(("loss", "accuracy", "mean ACT segments"), figure.subplots(1, 3)))
@@ -127,6 +127,8 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: Path) -> 
         if panel is not None:
             panels[panel].plot(epochs, values, marker="o", label=_label(name))
     for title, axes in panels.items():
+        if best_epoch is not None and history:
+            axes.axvline(best_epoch, color="black", linestyle="--", linewidth=0.8, label=f"evaluated (epoch {best_epoch})")
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -135,7 +137,7 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: Path) -> 
             axes.legend(fontsize=9)
         else:
             axes.text(0.5, 0.5, f"no {title} recorded", ha="center", va="center", transform=axes.transAxes)
-    figure.suptitle("training curves (from the checkpoint manifest)")
+    figure.suptitle("training curves of the whole run (from its latest checkpoint's manifest)")
     figure.tight_layout()
     return _save(figure, path)
 

@@ -75,7 +75,9 @@ def write_report(
     """`config`: what the evaluation ran with (the checkpoint's, with any evaluation overrides)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = collect_metrics(result, loaded, config)
-    plot_paths = draw_plots(result, summary, _training_history(loaded.manifest), out_dir)
+    history = run_history(loaded.directory, loaded.manifest)
+    summary["training"] = {"epochs_in_run": len(history), "evaluated_epoch": loaded.epoch}
+    plot_paths = draw_plots(result, summary, history, out_dir, best_epoch=loaded.epoch)
     summary["plots"] = {name: path.name for name, path in plot_paths.items()}
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
@@ -161,7 +163,26 @@ def _oracle_capture(portfolio: dict[str, dict], per_exposure: bool = False) -> f
     return (model["pnl"] / model["exposure"]) / (oracle["pnl"] / oracle["exposure"])
 
 
-def _training_history(manifest: dict[str, Any]) -> list[dict]:
+def run_history(checkpoint: Path, manifest: dict[str, Any]) -> list[dict]:
+    """The whole run's per-epoch history: the latest checkpoint of the run the evaluated one belongs to holds
+    every epoch, the evaluated (best) one only those up to itself. Falls back to the checkpoint's own history
+    when the run directory is gone or holds another run."""
+    from hrm_platform.checkpoint import CheckpointError, load_manifest
+    from hrm_platform.training.run_dir import latest_checkpoint_of_run
+
+    own = _history(manifest)
+    latest = latest_checkpoint_of_run(str(Path(checkpoint).parent.parent), Path(checkpoint).parent.name)
+    if latest is None or latest == Path(checkpoint):
+        return own
+    try:
+        later = _history(load_manifest(latest))
+    except CheckpointError:
+        return own
+    same_run = len(later) >= len(own) and later[: len(own)] == own
+    return later if same_run else own
+
+
+def _history(manifest: dict[str, Any]) -> list[dict]:
     recorded = manifest.get("metrics", {})
     history = recorded.get("history") if isinstance(recorded, dict) else None
     return [record for record in history or [] if isinstance(record, dict)]
@@ -183,7 +204,7 @@ def json_safe(value: Any) -> Any:
 
 
 def draw_plots(
-    result: BacktestResult, summary: dict[str, Any], history: list[dict], out_dir: Path
+    result: BacktestResult, summary: dict[str, Any], history: list[dict], out_dir: Path, best_epoch: int | None = None
 ) -> dict[str, Path]:
     portfolio = result.portfolio
     order = [name for name in STRATEGY_ORDER if name in portfolio.runs]
@@ -203,7 +224,7 @@ def draw_plots(
             {item.symbol: item.timestamps for item in result.instruments},
             out_dir / PLOT_FILES["equity_by_instrument"],
         ),
-        "training_curves": plots.plot_training_curves(history, out_dir / PLOT_FILES["training_curves"]),
+        "training_curves": plots.plot_training_curves(history, out_dir / PLOT_FILES["training_curves"], best_epoch),
         "confusion_matrix": plots.plot_confusion_matrix(
             np.array(summary["classification"]["confusion_matrix"]), ACTIONS,
             out_dir / PLOT_FILES["confusion_matrix"],

@@ -114,3 +114,21 @@ def test_cli_evaluate_takes_eval_and_data_overrides(trained_checkpoint, evaluati
     assert hrm_main(["evaluate", "--checkpoint", str(trained_checkpoint), "--out", str(tmp_path / "no"),
                      "model.d_model=64"]) == 2
     assert "change only eval.*, data.*, baselines.*; refused: model.d_model=64" in capsys.readouterr().err
+
+
+def test_training_curves_show_the_whole_run_not_only_the_evaluated_epoch(tmp_path, capsys):
+    """An earlier (best) checkpoint's manifest holds the history up to itself; the plot takes the whole run."""
+    from hrm_platform.config import load_config
+    from hrm_platform.training.local import train_local
+
+    config = load_config("jobs/configs/smoke.yaml", ["train.epochs=3", "train.max_train_batches=2",
+                                                     "train.keep_checkpoints=3"])
+    train_local(config, tmp_path / "run")
+    first = tmp_path / "run" / "epoch_0001"
+    assert len(load_model(first)[1].manifest["metrics"]["history"]) == 1  # what the plot used to draw
+    out = tmp_path / "eval"
+    assert hrm_main(["evaluate", "--checkpoint", str(first), "--out", str(out), "eval.baselines=[]"]) == 0
+    capsys.readouterr()
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["training"] == {"epochs_in_run": 3, "evaluated_epoch": 1}
+    assert_sensible_png(out / "training_curves.png")
