@@ -1,7 +1,7 @@
 """Export a checkpoint's inference engine as a Ray job (or plainly with `python -m jobs.export`).
 
-    ray job submit --working-dir . -- python -m jobs.export --checkpoint runs/demo/epoch_0002
-    ray job submit --working-dir . -- python -m jobs.export --checkpoint runs/demo/epoch_0002 --variants eager int8 jit_int8
+    ray job submit --working-dir . -- python -m jobs.export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
+    ray job submit --working-dir . -- python -m jobs.export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003 --variants eager int8 jit_int8
 
 Builds every engine variant, measures batch-1/batch-32 latency side by side, checks agreement with eager
 fp32 on held-out windows, and writes CHECKPOINT/serving/serving_manifest.json with the chosen variant. Run it

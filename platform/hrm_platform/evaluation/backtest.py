@@ -1,6 +1,6 @@
 """Backtest a checkpoint on held-out time against baselines, on the same bars and costs.
 
-    hrm evaluate --checkpoint runs/demo/best --out artifacts/eval [--data bars.csv]
+    hrm evaluate --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003 --out artifacts/eval [--data bars.csv]
 
 Timing (no look-ahead). The decision at bar t uses only the window ending at bar t (features are causal and
 normalised with the statistics stored in the checkpoint, fitted on the training split). The position set at

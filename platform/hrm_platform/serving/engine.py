@@ -1,6 +1,6 @@
 """Inference engine: a verified checkpoint, one engine variant, ACT inference with per-request budgets.
 
-    engine = InferenceEngine.from_checkpoint("runs/demo/epoch_0002")          # what `hrm export` chose
+    engine = InferenceEngine.from_checkpoint("artifacts/demo/report/runs/demo-fold2/epoch_0003")  # what `hrm export` chose
     engine.predict_bars([bars], budgets=[None])                           # bars (N >= bars_needed, 5) OHLCV
     engine.segments_for_deadline(5.0)                                     # budget that fits in 5 ms
 
