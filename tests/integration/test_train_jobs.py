@@ -218,7 +218,11 @@ def test_killed_training_worker_recovers_from_its_last_checkpoint(ray_head: Head
     epochs, run_dir = 6, tmp_path / "fault"
     log_path = tmp_path / "job.log"
     submission_id = f"hrm-fault-{uuid.uuid4().hex[:8]}"
-    command = _submit_command(submission_id, f"train.storage_path={tmp_path}", "train.name=fault", f"train.epochs={epochs}")
+    # --verbose: the recovery is read off Ray's own log lines (FailurePolicy, the dead worker's pid), which the
+    # job forwards only then.
+    command = _submit_command(
+        submission_id, f"train.storage_path={tmp_path}", "train.name=fault", f"train.epochs={epochs}", "--verbose"
+    )
     with log_path.open("w") as log:
         job = subprocess.Popen(command, cwd=REPO_ROOT, env=ray_head.env, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:

@@ -94,23 +94,24 @@ def test_other_ranks_and_uri_storage_track_nothing(smoke_config, tmp_path, caplo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_mlflow_without_mlflow_is_refused_before_training(smoke_config, tmp_path):
+def test_mlflow_without_mlflow_is_refused_before_training(smoke_config, tmp_path, monkeypatch):
     try:
         import mlflow  # noqa: F401
     except ImportError:
         pass
     else:
         pytest.skip("mlflow is installed here")
-    from hrm_platform.training.trainer import run_training
+    from hrm_platform.training import trainer
 
+    def ray_must_not_start(*args, **kwargs):
+        raise AssertionError("Ray was started before the MLflow refusal")
+
+    monkeypatch.setattr(trainer, "_ray_session", ray_must_not_start)  # another test may have Ray running already
     smoke_config.train.mlflow_tracking_uri = f"file://{tmp_path / 'mlruns'}"
     with pytest.raises(ConfigError, match=r"train.mlflow_tracking_uri='file://.*pip install mlflow"):
         require_mlflow(smoke_config.train)
     with pytest.raises(ConfigError, match="pip install mlflow"):
-        run_training(smoke_config, quiet=True)  # refused on the driver, before Ray starts
-    import ray
-
-    assert not ray.is_initialized()
+        trainer.run_training(smoke_config, quiet=True)  # refused on the driver, before Ray starts
     with pytest.raises(ConfigError, match="pip install mlflow"):
         _train(smoke_config, tmp_path / "run", f"train.mlflow_tracking_uri=file://{tmp_path / 'mlruns'}")
     assert not list((tmp_path / "run").glob("epoch_*"))
