@@ -312,6 +312,11 @@ class EvalConfig(_Strict):
         BASELINE_NAMES, description="trained baselines fitted on the same features, windows, labels and folds"
     )
     baseline_seed: int = 0
+    act_comparison: bool = Field(
+        True,
+        description="also backtest the model halted after its first segment (model_1_segment) and run to all M "
+        "segments (model_all_segments), and report accuracy and IC after every segment: what ACT's segments earn",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

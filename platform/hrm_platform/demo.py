@@ -72,8 +72,8 @@ class DemoSummary:
             "=" * 72,
             f"walk-forward          {self.folds} out-of-sample folds pooled: {self.out_of_sample}",
             f"bar frequency         {self.bar_frequency}",
-            f"Sharpe, pooled        strategy          Sharpe   {level:<18}IC (pooled, {level})",
-            *(f"                      {name:<16}{value:>+7.2f}   {_interval(self.sharpe_ci[name]):<18}"
+            f"Sharpe, pooled        strategy              Sharpe   {level:<18}IC (pooled, {level})",
+            *(f"                      {name:<20}{value:>+7.2f}   {_interval(self.sharpe_ci[name]):<18}"
               + (f"{self.information_coefficient[name]:+.3f} {_interval(self.information_coefficient_ci[name], 3)}"
                  if name in self.information_coefficient else "")
               for name, value in self.sharpe.items()),

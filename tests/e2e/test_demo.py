@@ -62,11 +62,12 @@ def test_demo_summary_values(demo_run) -> None:
     assert 1 <= burst["mean_segments"] <= burst["segments_limit"]
     assert burst["example"]["action"] in {"hold", "buy", "sell"}
     assert 0 < burst["p50_ms"] <= burst["p99_ms"]
-    strategies = {"model", "lightgbm", "mlp", "transformer", "oracle", "buy_and_hold", "momentum", "flat"}
+    strategies = {"model", "model_1_segment", "model_all_segments", "lightgbm", "mlp", "transformer", "oracle",
+                  "buy_and_hold", "momentum", "flat"}
     assert set(summary["sharpe"]) == set(summary["sharpe_ci"]) == strategies
     for name, (low, high) in summary["sharpe_ci"].items():
         assert low <= summary["sharpe"][name] <= high or name == "flat"
-    assert set(summary["information_coefficient"]) == {"model", "lightgbm", "mlp", "transformer", "oracle"}
+    assert set(summary["information_coefficient"]) == strategies - {"buy_and_hold", "momentum", "flat"}
     assert summary["folds"] == 3 and summary["confidence"] == 0.95
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert summary["url"].startswith("http://127.0.0.1:")

@@ -26,8 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOKE = REPO_ROOT / "jobs/configs/smoke.yaml"
 FOLDS = 4
 FAST = ["train.num_workers=1", "train.epochs=1", "baselines.epochs=2", "eval.bootstrap_resamples=300"]
-STRATEGIES = {"model", "lightgbm", "mlp", "transformer", "oracle", "buy_and_hold", "momentum", "flat"}
-TRAINED = {"model", "lightgbm", "mlp", "transformer"}
+STRATEGIES = {"model", "model_1_segment", "model_all_segments", "lightgbm", "mlp", "transformer", "oracle",
+              "buy_and_hold", "momentum", "flat"}
+TRAINED = {"model", "model_1_segment", "model_all_segments", "lightgbm", "mlp", "transformer"}
 FIGURES = {"sharpe", "sharpe_ci", "max_drawdown", "turnover", "total_return"}
 
 
@@ -80,6 +81,7 @@ def test_every_figure_per_fold_and_pooled_for_the_model_and_every_baseline(walk_
             assert -1 <= ic["pearson"]["estimate"] <= 1 and -1 <= ic["rank"]["estimate"] <= 1
             assert ic["pearson"]["t_stat"] is not None and ic["n"] > 0
     assert written["pooled"]["bars"] == sum(fold["bars"] for fold in written["folds"])
+    assert len(written["pooled"]["act"]["per_segment"]) == 3 and written["pooled"]["act"]["verdict"]
     assert written["data"]["frequency"]["source"] == "stated"
 
 

@@ -31,6 +31,9 @@ import psutil
 FAIL_FAST_S = 3.0
 NO_RESPONSE_TIMEOUT = "timeout"
 NO_RESPONSE_CONNECTION = "connection_error"
+# The status line arrived, then the connection broke mid-body: what a client sees from a replica SIGKILLed
+# while writing its answer. No proxy can replay a response it has started to forward.
+CUT_AFTER_STATUS = "cut_after_status"
 LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
@@ -135,8 +138,12 @@ async def _send(session, url: str, payload: dict[str, Any], timeout_s: float) ->
     started = time.monotonic()
     try:
         async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-            body = await response.read()
             status: int | str = response.status
+            try:
+                body = await response.read()
+            except aiohttp.ClientPayloadError as error:
+                detail = f"status {status}, then {type(error).__name__}: {error}"[:200]
+                return RequestRecord(started, (time.monotonic() - started) * 1e3, CUT_AFTER_STATUS, False, detail)
     except asyncio.TimeoutError:
         return RequestRecord(started, (time.monotonic() - started) * 1e3, NO_RESPONSE_TIMEOUT, False)
     except aiohttp.ClientError as error:

@@ -20,6 +20,7 @@ from hrm_platform.serving.app import APP_NAME
 from hrm_platform.serving.lifecycle import reload_checkpoint
 from hrm_platform.serving.replica import DEPLOYMENT_NAME
 from tests.reliability.harness import (
+    CUT_AFTER_STATUS,
     FAIL_FAST_S,
     BackgroundLoad,
     LoadReport,
@@ -102,8 +103,17 @@ def test_killed_replica_is_replaced_and_requests_fail_fast_meanwhile(app_under_t
     print(f"replica {victim.actor_name} (pid {victim.pid}) replaced by {replacement[0].actor_name} after "
           f"{replaced_after_s:.1f} s; failed {len(failures)}; slowest request after the kill {slowest_s:.1f} s")
 
-    no_status = [r for r in report.records if not isinstance(r.status, int)]
+    # A response the victim was writing when it died is cut after its status line (rare: ~1 in 3,000 requests
+    # here). Only those may break, and only at the kill: every other request gets a whole answer.
+    cut = [r for r in report.records if r.status == CUT_AFTER_STATUS]
+    in_flight_at_kill = [  # (1 s of slack: the kill lands a moment after killed_at is read)
+        r for r in cut if r.started_s <= killed_at + 1.0 and r.started_s + r.latency_ms / 1e3 >= killed_at
+    ]
+    assert in_flight_at_kill == cut, cut
+    assert len(cut) <= CONCURRENCY, cut
+    no_status = [r for r in report.records if not isinstance(r.status, int) and r.status != CUT_AFTER_STATUS]
     assert no_status == [], f"{len(no_status)} requests got no HTTP status at all: {no_status[:3]}"
+    failures = [r for r in failures if r.status != CUT_AFTER_STATUS]
     unclear = [r for r in failures if r.status not in FAILURE_STATUSES]
     assert unclear == [], f"failures with an unexpected status: {unclear[:3]}"
     assert max((r.latency_ms for r in failures), default=0.0) / 1e3 <= FAIL_FAST_S, (

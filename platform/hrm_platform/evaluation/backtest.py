@@ -60,12 +60,14 @@ INFERENCE_BATCH = 512
 
 @dataclass(frozen=True)
 class Prediction:
-    """What a model says about N windows: probabilities (N, 3), quantity (N,) in [0, 1], and the ACT segments
-    each used (N,) int64 (None for a model without ACT)."""
+    """What a model says about N windows: probabilities (N, 3), quantity (N,) in [0, 1], the ACT segments
+    each used (N,) int64 (None for a model without ACT), and the probabilities after every segment
+    (N, M, 3), when the model records them (the HRM does: the report's accuracy and IC per segment)."""
 
     probabilities: np.ndarray
     quantity: np.ndarray
     segments_used: np.ndarray | None = None
+    segment_probabilities: np.ndarray | None = None
 
 
 WindowPredictor = Callable[[np.ndarray], Prediction]  # windows (N, W, F) float32 -> Prediction
@@ -80,6 +82,7 @@ class ModelDecisions:
     probabilities: np.ndarray  # (N, 3) float32
     quantity: np.ndarray  # (N,) float32 in [0, 1]
     segments_used: np.ndarray  # (N,) int64 in 1..max_segments (1 for a model without ACT)
+    segment_probabilities: np.ndarray | None = None  # (N, M, 3) after each segment, all run (no halting)
 
     @property
     def score(self) -> np.ndarray:
@@ -135,16 +138,26 @@ def windows_ending_at(features: np.ndarray, end_bars: np.ndarray, window: int) -
     return features[end_bars[:, None] + offsets[None, :]]  # (N, W, F)
 
 
-def hrm_predictor(model: torch.nn.Module, max_segments: int | None = None) -> WindowPredictor:
-    """The HRM's ACT inference (eager, CPU) as a WindowPredictor."""
+def hrm_predictor(
+    model: torch.nn.Module, max_segments: int | None = None, use_halting: bool = True, per_segment: bool = False
+) -> WindowPredictor:
+    """The HRM's ACT inference (eager, CPU) as a WindowPredictor: halting as served, or (`use_halting=False`)
+    every window run to `max_segments`; `per_segment` also records the probabilities after each segment."""
 
     def predict_windows(windows: np.ndarray) -> Prediction:
         import torch
 
-        from hrm_platform.model.act import predict
+        from hrm_platform.model.act import outputs_per_segment, predict
+        from hrm_platform.model.hrm import unwrap_model
 
-        result = predict(model, torch.from_numpy(np.ascontiguousarray(windows)), max_segments=max_segments)
-        return Prediction(result.probabilities.numpy(), result.quantity.numpy(), result.segments_used.numpy())
+        inputs = torch.from_numpy(np.ascontiguousarray(windows))
+        result = predict(model, inputs, max_segments=max_segments, use_halting=use_halting)
+        by_segment = None
+        if per_segment:  # (N, M, 3): every segment run, none halted
+            outputs = outputs_per_segment(model, inputs, max_segments or unwrap_model(model).config.max_segments)
+            by_segment = torch.stack([torch.softmax(o.action_logits.float(), -1) for o in outputs], 1).numpy()
+        return Prediction(result.probabilities.numpy(), result.quantity.numpy(), result.segments_used.numpy(),
+                          by_segment)
 
     return predict_windows
 
@@ -180,12 +193,14 @@ def decisions_from_bars(
     probabilities = np.concatenate([p.probabilities for p in parts]) if parts else np.zeros((0, 3), np.float32)
     quantity = np.concatenate([p.quantity for p in parts]) if parts else np.zeros(0, np.float32)
     segments = [np.ones(len(p.quantity), np.int64) if p.segments_used is None else p.segments_used for p in parts]
+    recorded = parts and all(p.segment_probabilities is not None for p in parts)
     return ModelDecisions(
         positions=positions_from_outputs(probabilities, quantity),
         actions=probabilities.argmax(axis=1).astype(np.int64),
         probabilities=probabilities,
         quantity=quantity,
         segments_used=np.concatenate(segments).astype(np.int64) if parts else np.zeros(0, np.int64),
+        segment_probabilities=np.concatenate([p.segment_probabilities for p in parts]) if recorded else None,
     )
 
 

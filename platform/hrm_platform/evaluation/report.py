@@ -31,12 +31,18 @@ PLOT_FILES = {
 
 
 @dataclass
-class EvaluationReport:
+class WrittenReport:
+    """What a report writer leaves in `out_dir`: metrics.json (also as `metrics`), report.md and the PNGs."""
+
     out_dir: Path
     metrics: dict[str, Any]
     report_path: Path
     metrics_path: Path
     plot_paths: dict[str, Path]
+
+
+class EvaluationReport(WrittenReport):
+    """One checkpoint's backtest on its test split."""
 
     def summary(self) -> str:
         """A few lines for the terminal: the strategy table and the share of the oracle's PnL captured."""
@@ -47,6 +53,8 @@ class EvaluationReport:
                                 self.metrics["bootstrap"]["confidence"])
         lines.append(f"  test accuracy {self.metrics['classification']['accuracy']:.3f}, "
                      f"mean ACT segments {self.metrics['segments']['mean']:.2f}")
+        if self.metrics.get("act"):
+            lines.append(f"  ACT: {self.metrics['act']['verdict']}")
         captured = self.metrics.get("oracle_pnl_captured")
         if captured is not None:
             per_exposure = self.metrics.get("oracle_pnl_captured_per_exposure")
@@ -58,12 +66,12 @@ class EvaluationReport:
 
 def strategy_lines(portfolio: dict[str, dict], ic: dict[str, dict], confidence: float) -> list[str]:
     """The terminal table: per strategy total return, Sharpe with its interval, drawdown, turnover, IC."""
-    lines = [f"  {'strategy':<14}{'total':>9}{'sharpe':>8}  {f'{confidence:.0%} CI':<17}{'max dd':>8}"
+    lines = [f"  {'strategy':<20}{'total':>9}{'sharpe':>8}  {f'{confidence:.0%} CI':<17}{'max dd':>8}"
              f"{'turnover':>10}{'IC':>8}"]
     for name, values in portfolio.items():
         low, high = values["sharpe_ci"]
         ic_text = f"{ic[name]['pearson']['estimate']:>+8.3f}" if name in ic else f"{'':>8}"
-        lines.append(f"  {name:<14}{values['total_return']:>+9.2%}{values['sharpe']:>8.2f}  "
+        lines.append(f"  {name:<20}{values['total_return']:>+9.2%}{values['sharpe']:>8.2f}  "
                      f"{f'[{low:+.2f}, {high:+.2f}]':<17}{values['max_drawdown']:>8.2%}{values['turnover']:>10.3f}"
                      + ic_text)
     return lines
@@ -136,6 +144,7 @@ def collect_metrics(result: BacktestResult, loaded: LoadedCheckpoint, config: Pl
         "bootstrap": statistics["bootstrap"],
         "information_coefficient": statistics["information_coefficient"],
         "accuracy_by_model": statistics["accuracy"],
+        "act": statistics["act"],
         "baselines": {"trained": list(config.eval.baselines), "settings": config.baselines.model_dump(mode="json")},
         "instruments": {item.symbol: ordered(item.strategy_metrics(periods)) for item in result.instruments},
         "oracle_pnl_captured": _oracle_capture(portfolio),
@@ -285,6 +294,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"ACT used {summary['segments']['mean']:.2f} segments on average (of at most "
         f"{summary['segments']['max_segments']}).",
         "",
+        act_markdown(summary.get("act")),
+        "",
         f"![ACT segments]({files['segments']})",
         "",
         "## Training",
@@ -322,6 +333,17 @@ def _ic_text(ic: dict | None, kind: str) -> str:
     if ic is None:
         return ""
     return f"{ic[kind]['estimate']:+.3f} (t {ic[kind]['t_stat']:+.1f})"
+
+
+def act_markdown(act: dict[str, Any] | None) -> str:
+    """What the model's segments earn: accuracy and IC after each (every window run to M), and the verdict.
+    The rows model_1_segment and model_all_segments of the strategy table trade those two stopping rules."""
+    if act is None:
+        return ""
+    rows = "\n".join(f"| {point['segment']} | {point['accuracy']:.3f} | {point['ic']:+.3f} |" for point in act["per_segment"])
+    return ("| after segment | accuracy | IC |\n|---:|---:|---:|\n" + rows + "\n\n" + act["verdict"] + " In the strategy "
+            "table, `model 1 segment` and `model all segments` are the same weights stopped after one segment and "
+            "run to all of them.")
 
 
 def uncertainty_paragraph(portfolio: dict[str, dict], ic: dict[str, dict], bootstrap: dict[str, float]) -> str:

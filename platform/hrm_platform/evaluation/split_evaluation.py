@@ -33,12 +33,23 @@ def evaluate_split(model: torch.nn.Module, loaded: LoadedCheckpoint, config: Pla
     from hrm_platform.data.dataset import build_datasets
 
     bundle = build_datasets(config.data, feature_stats=loaded.feature_spec.stats)
-    predictors: dict[str, WindowPredictor] = {"model": hrm_predictor(model, config.model.max_segments)}
+    predictors = model_predictors(model, config)
     predictors.update(fit_baselines(bundle, config))
     return run_backtest(
         predictors, bundle, loaded.feature_spec,
         cost_bps=config.eval.cost_bps, momentum_lookback=config.eval.momentum_lookback,
     )
+
+
+def model_predictors(model: torch.nn.Module, config: PlatformConfig) -> dict[str, WindowPredictor]:
+    """The model as served (ACT halting, its probabilities after every segment recorded) and, with
+    `eval.act_comparison`, the same weights stopped after one segment and run to all M segments."""
+    limit = config.model.max_segments
+    predictors = {"model": hrm_predictor(model, limit, per_segment=config.eval.act_comparison)}
+    if config.eval.act_comparison:
+        predictors["model_1_segment"] = hrm_predictor(model, 1)
+        predictors["model_all_segments"] = hrm_predictor(model, limit, use_halting=False)
+    return predictors
 
 
 def fit_baselines(bundle: DatasetBundle, config: PlatformConfig) -> dict[str, WindowPredictor]:

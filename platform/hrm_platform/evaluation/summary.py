@@ -15,12 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from hrm_platform.actions import signed_score
 from hrm_platform.evaluation.backtest import BacktestResult, InstrumentBacktest, ModelDecisions, StrategyRun
 from hrm_platform.evaluation.uncertainty import BootstrapSettings, information_coefficients, strategy_intervals
 
-# Report order: the model, the trained baselines, the oracle, the rules.
-STRATEGY_ORDER = ("model", "lightgbm", "mlp", "transformer", "oracle", "buy_and_hold", "momentum", "flat")
-TRAINED = ("model", "lightgbm", "mlp", "transformer")
+# Report order: the model, the same model after 1 and after all M segments, the trained baselines, the
+# oracle, the rules.
+MODEL_ACT_VARIANTS = ("model_1_segment", "model_all_segments")
+ACT_GAIN_EPSILON = 0.005  # accuracy (fraction) and IC gains this small count as none
+STRATEGY_ORDER = ("model", *MODEL_ACT_VARIANTS, "lightgbm", "mlp", "transformer", "oracle", "buy_and_hold",
+                  "momentum", "flat")
 
 
 def ordered(by_strategy: dict[str, Any]) -> dict[str, Any]:
@@ -67,14 +71,55 @@ def accuracy_by_model(result: BacktestResult) -> dict[str, float]:
 
 
 def backtest_statistics(result: BacktestResult, settings: BootstrapSettings) -> dict[str, Any]:
-    """Portfolio metrics with Sharpe intervals, ICs and accuracies of one backtest record."""
+    """Portfolio metrics with Sharpe intervals, ICs and accuracies of one backtest record, and what the
+    model's ACT segments earn (`act_statistics`) when its per-segment outputs were recorded."""
     portfolio, bootstrap = portfolio_statistics(result.portfolio, result.periods_per_year, settings)
     return {
         "portfolio": portfolio,
         "bootstrap": bootstrap,
         "information_coefficient": ic_statistics(result, settings),
         "accuracy": accuracy_by_model(result),
+        "act": act_statistics(result),
     }
+
+
+def act_statistics(result: BacktestResult) -> dict[str, Any] | None:
+    """Accuracy and IC of the model after each segment (every window run to M), ACT's mean segments, and
+    the verdict in words; None when the per-segment outputs were not recorded."""
+    decisions = list(result.decisions.values())
+    if not decisions or any(d.segment_probabilities is None for d in decisions):
+        return None
+    by_segment = np.concatenate([d.segment_probabilities for d in decisions])  # (N, M, 3)
+    true = np.concatenate([result.true_actions[symbol] for symbol in result.decisions])  # (N,)
+    forward = np.concatenate([result.forward_returns[symbol] for symbol in result.decisions])  # (N,)
+    curve = [
+        {"segment": k + 1, "accuracy": float(np.mean(by_segment[:, k].argmax(-1) == true)),
+         "ic": _pearson(signed_score(by_segment[:, k]), forward)}
+        for k in range(by_segment.shape[1])
+    ]
+    segments = np.concatenate([d.segments_used for d in decisions])
+    return {"per_segment": curve, "mean_segments": float(segments.mean()), "verdict": act_verdict(curve, segments)}
+
+
+def act_verdict(curve: list[dict[str, float]], segments_used: np.ndarray) -> str:
+    """Whether segments after the first earn anything here, and what ACT made of it."""
+    first, last = curve[0], curve[-1]
+    gain_accuracy, gain_ic = last["accuracy"] - first["accuracy"], last["ic"] - first["ic"]
+    halted_at_one = float(np.mean(segments_used == 1))
+    figures = (f"accuracy {first['accuracy']:.3f} after segment 1, {last['accuracy']:.3f} after {len(curve)}; "
+               f"IC {first['ic']:+.3f} -> {last['ic']:+.3f}; ACT halted {halted_at_one:.0%} of the windows after one "
+               f"segment (mean {segments_used.mean():.2f})")
+    if gain_accuracy <= ACT_GAIN_EPSILON and gain_ic <= ACT_GAIN_EPSILON:
+        return (f"Later segments earn nothing here ({figures}): halting after one segment is the right answer "
+                "for this data.")
+    return (f"Later segments earn {gain_accuracy:+.1%} accuracy and {gain_ic:+.3f} IC over the first ({figures}).")
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    kept = ~(np.isnan(x) | np.isnan(y))
+    if kept.sum() < 3 or np.std(x[kept]) == 0 or np.std(y[kept]) == 0:
+        return 0.0
+    return float(np.corrcoef(x[kept], y[kept])[0, 1])
 
 
 def pool_results(results: list[BacktestResult]) -> BacktestResult:
@@ -122,6 +167,11 @@ def _concatenated_decisions(parts: list[dict[str, ModelDecisions]]) -> dict[str,
             probabilities=np.concatenate([part[symbol].probabilities for part in parts]),
             quantity=np.concatenate([part[symbol].quantity for part in parts]),
             segments_used=np.concatenate([part[symbol].segments_used for part in parts]),
+            segment_probabilities=_concatenated_optional([part[symbol].segment_probabilities for part in parts]),
         )
         for symbol in parts[0]
     }
+
+
+def _concatenated_optional(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+    return None if any(array is None for array in arrays) else np.concatenate(arrays)

@@ -8,13 +8,14 @@ with the checkpoint that made its decisions and the last bar its training saw.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hrm_platform.config import PlatformConfig
 from hrm_platform.evaluation import metrics, plots
 from hrm_platform.evaluation.report import (
+    WrittenReport,
+    act_markdown,
     json_safe,
     strategy_lines,
     strategy_table_markdown,
@@ -27,13 +28,8 @@ from hrm_platform.evaluation.walk_forward import FoldRun
 PLOT_FILES = {"equity": "equity_pooled.png", "fold_sharpe": "sharpe_by_fold.png"}
 
 
-@dataclass
-class WalkForwardReport:
-    out_dir: Path
-    metrics: dict[str, Any]
-    report_path: Path
-    metrics_path: Path
-    plot_paths: dict[str, Path]
+class WalkForwardReport(WrittenReport):
+    """K out-of-sample folds and their pooled record."""
 
     def summary(self) -> str:
         """The pooled table for the terminal, and where the report is."""
@@ -43,6 +39,7 @@ class WalkForwardReport:
             f"({pooled['bars']} bars; {data['frequency_text']}; {self.metrics['costs']['cost_bps']} bps per unit "
             "turnover)",
             *strategy_lines(pooled["portfolio"], pooled["information_coefficient"], pooled["bootstrap"]["confidence"]),
+            *([f"  ACT: {pooled['act']['verdict']}"] if pooled.get("act") else []),
             f"  report: {self.report_path}",
         ]
         return "\n".join(lines)
@@ -148,6 +145,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
         uncertainty_paragraph(pooled["portfolio"], pooled["information_coefficient"], pooled["bootstrap"]),
         "",
         "Test accuracy: " + ", ".join(f"{name} {value:.3f}" for name, value in pooled["accuracy"].items()) + ".",
+        "",
+        "### What the model's ACT segments earn (pooled)",
+        "",
+        act_markdown(pooled.get("act")),
         "",
         f"![pooled equity]({files['equity']})",
         "",

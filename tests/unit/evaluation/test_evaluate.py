@@ -17,7 +17,8 @@ from hrm_platform.evaluation import backtest
 from hrm_platform.evaluation.backtest import evaluate_checkpoint
 from tests.images import assert_sensible_png
 
-STRATEGIES = {"model", "lightgbm", "mlp", "transformer", "oracle", "buy_and_hold", "momentum", "flat"}
+STRATEGIES = {"model", "model_1_segment", "model_all_segments", "lightgbm", "mlp", "transformer", "oracle",
+              "buy_and_hold", "momentum", "flat"}
 TRADING_KEYS = {"total_return", "annualised_return", "sharpe", "sortino", "max_drawdown", "hit_rate", "turnover",
                 "exposure", "pnl", "n_bars"}
 
@@ -132,3 +133,26 @@ def test_training_curves_show_the_whole_run_not_only_the_evaluated_epoch(tmp_pat
     written = json.loads((out / "metrics.json").read_text())
     assert written["training"] == {"epochs_in_run": 3, "evaluated_epoch": 1}
     assert_sensible_png(out / "training_curves.png")
+
+
+def test_act_rows_and_the_per_segment_curve_agree(evaluation):
+    """The model stopped after segment 1 and run to all M segments are backtested beside it; their test
+    accuracies are the first and last points of the per-segment curve, which the verdict reads."""
+    act, accuracy = evaluation.metrics["act"], evaluation.metrics["accuracy_by_model"]
+    curve = act["per_segment"]
+    assert [point["segment"] for point in curve] == [1, 2, 3]  # the smoke preset's M
+    assert accuracy["model_1_segment"] == pytest.approx(curve[0]["accuracy"])
+    assert accuracy["model_all_segments"] == pytest.approx(curve[-1]["accuracy"])
+    assert accuracy["model"] == pytest.approx(evaluation.metrics["classification"]["accuracy"])
+    assert act["mean_segments"] == pytest.approx(evaluation.metrics["segments"]["mean"])
+    assert act["verdict"].startswith("Later segments earn")
+    assert "| after segment | accuracy | IC |" in (evaluation.out_dir / "report.md").read_text()
+
+
+def test_act_verdict_says_when_one_segment_is_the_right_answer():
+    from hrm_platform.evaluation.summary import act_verdict
+
+    flat = [{"accuracy": 0.40, "ic": 0.02}, {"accuracy": 0.401, "ic": 0.021}]
+    assert "halting after one segment is the right answer" in act_verdict(flat, np.ones(10, np.int64))
+    rising = [{"accuracy": 0.40, "ic": 0.02}, {"accuracy": 0.45, "ic": 0.08}]
+    assert act_verdict(rising, np.full(10, 2)).startswith("Later segments earn +5.0% accuracy and +0.060 IC")
