@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                  log_to_driver=False)
     if args.walk_forward is not None:
         return _walk_forward(args)
-    from hrm_platform.evaluation.backtest import evaluate_checkpoint
+    from hrm_platform.evaluation.split_evaluation import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, args.out, data_path=args.data, overrides=args.overrides)
     print(report.summary())

@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from pydantic import BaseModel
 
 from hrm_platform.config import ConfigError, PlatformConfig, ServeConfig, load_config
 
 DEMO_PRESET = Path("jobs/configs/demo.yaml")  # relative to the repository root, where `make demo` runs
-KEYS_TABLE_WIDTH = 118  # `hrm config --keys` wraps descriptions here
 PACKAGE = "hrm-platform"  # the distribution whose version `hrm --version` prints
 _SERVE_DEFAULTS = ServeConfig.model_fields  # `hrm predict` defaults to the server `hrm serve` starts
 
@@ -125,7 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hrm_platform.checkpoint import CheckpointError
-    from hrm_platform.evaluation.backtest import evaluate_checkpoint
+    from hrm_platform.evaluation.split_evaluation import evaluate_checkpoint
 
     if (args.checkpoint is None) == (args.walk_forward is None):
         print("hrm evaluate: give --checkpoint (backtest it on its test split) or --walk-forward K (train and "
@@ -221,7 +217,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import os
 
     from hrm_platform.data.ohlcv import OHLCVError
-    from hrm_platform.serving.client import ClientError, predict_from_file
+    from hrm_platform.serving.client import ClientError, predict_from_file, unauthorized_hint
 
     token = os.environ.get(args.token_env) or None
     try:
@@ -235,13 +231,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"hrm predict: {unauthorized_hint(args.token_env, token_sent=token is not None)}", file=sys.stderr)
         return 1
     return 0
-
-
-def unauthorized_hint(token_env: str, token_sent: bool) -> str:
-    """What to do about a 401: send a token, or check the one sent."""
-    if token_sent:
-        return f"the server refused the bearer token in {token_env}: it must equal the token the server was started with"
-    return f"the server requires a bearer token: set {token_env} (or --token-env NAME)"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -259,46 +248,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
+    from hrm_platform.config_text import keys_table
+
     config = _config(args)  # a bad override fails here like in every other command
     if args.keys:
-        print(config_keys_table(config))
+        print(keys_table(config))
     else:
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     return 0
-
-
-def config_keys_table(config: PlatformConfig) -> str:
-    """Every setting as `section.key  default  description`, a block per section; where `config` (a preset
-    plus overrides) differs from the default, `[here: value]` follows."""
-    defaults = PlatformConfig()
-    return "\n\n".join(
-        _section_keys(name, getattr(defaults, name), getattr(config, name)) for name in PlatformConfig.model_fields
-    )
-
-
-def _section_keys(name: str, default: BaseModel, current: BaseModel) -> str:
-    defaults, values = default.model_dump(mode="json"), current.model_dump(mode="json")
-    shown = {key: _as_override(value) for key, value in defaults.items()}
-    key_width = max(len(f"{name}.{key}") for key in shown)
-    default_width = min(20, max(len(text) for text in shown.values()))  # a long default pushes only its own line
-    lines = [f"{name}: {' '.join((type(default).__doc__ or '').split())}"]
-    for key, field in type(default).model_fields.items():
-        here = _as_override(values[key])
-        note = f"[here: {here}]" if here != shown[key] else ""
-        prefix = f"  {f'{name}.{key}':<{key_width}}  {shown[key]:<{default_width}}  "
-        text = " ".join(part for part in (field.description, note) if part)
-        wrapped = textwrap.wrap(
-            text, KEYS_TABLE_WIDTH, initial_indent=prefix, subsequent_indent=" " * len(prefix), break_on_hyphens=False
-        )
-        lines += wrapped or [prefix.rstrip()]
-    return "\n".join(lines)
-
-
-def _as_override(value: object) -> str:
-    """A value as it is written in a `key=value` override (YAML flow style): null, true, [1, 8], 0.001."""
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).removesuffix("...\n").strip()
 
 
 def _add_verbose_arg(parser: argparse.ArgumentParser) -> None:

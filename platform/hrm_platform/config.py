@@ -11,16 +11,14 @@ Ray hands workers plain dicts; a worker turns one back with `PlatformConfig.mode
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hrm_platform.config_text import ConfigError, apply_override, describe_error, read_yaml
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and the value."""
+__all__ = ["ConfigError"]  # raised by everything here; defined beside the text forms that raise it most
 
 
 class _Strict(BaseModel):
@@ -365,9 +363,9 @@ class PlatformConfig(_Strict):
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PlatformConfig:
     """Read a YAML preset (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
-    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    raw: dict[str, Any] = read_yaml(Path(path)) if path is not None else {}
     for override in overrides:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     return validate_config(raw, source=str(path) if path else "defaults")
 
 
@@ -386,7 +384,7 @@ def with_overrides(
         raise ConfigError(f"{purpose} overrides change only {allowed}; refused: {', '.join(refused)}")
     raw = config.model_dump(mode="json")
     for override in overrides:
-        _apply_override(raw, override)
+        apply_override(raw, override)
     return validate_config(raw, source=source)
 
 
@@ -395,68 +393,4 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> PlatformConf
     try:
         return PlatformConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(loaded).__name__}")
-    return loaded
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    """`train.epochs=3` sets raw['train']['epochs'] = 3; the value is parsed as YAML (numbers, bools, null)."""
-    key, sep, text = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {override!r} must look like section.key=value")
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {part!r} is a value, not a section")
-        node = child
-    try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        node[parts[-1]] = text
-
-
-def _describe(error: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        if item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {item['input']!r}){_did_you_mean(item['loc'])}")
-        elif item["type"] == "value_error":
-            lines.append(f"  {key or '<section>'}: {item['msg'].removeprefix('Value error, ')}")
-        else:
-            lines.append(f"  {key}={item['input']!r}: {item['msg']}")
-    return "\n".join(lines)
-
-
-def _did_you_mean(loc: tuple[int | str, ...]) -> str:
-    """`; did you mean train.epochs?` for `train.epoch`: the closest key its section has (or section name)."""
-    *section_path, name = (str(part) for part in loc)
-    close = difflib.get_close_matches(name, _known_keys(section_path), n=1)
-    return f"; did you mean {'.'.join([*section_path, close[0]])}?" if close else ""
-
-
-def _known_keys(section_path: list[str]) -> list[str]:
-    """The keys of the section at `section_path` (the section names for []); [] where there is no section."""
-    section: type[BaseModel] = PlatformConfig
-    for part in section_path:
-        field = section.model_fields.get(part)
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        section = annotation
-    return list(section.model_fields)
+        raise ConfigError(describe_error(error, source, PlatformConfig)) from None

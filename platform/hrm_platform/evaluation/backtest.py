@@ -36,9 +36,8 @@ of the instruments' net returns there (positions are fractions of each instrumen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 
     from hrm_platform.data.dataset import DatasetBundle
     from hrm_platform.data.frequency import BarFrequency
-    from hrm_platform.evaluation.report import EvaluationReport
 
 INFERENCE_BATCH = 512
 
@@ -388,31 +386,3 @@ def _split_edges(bundle: DatasetBundle, symbol: str, first_test_end: int) -> tup
     ranges = bundle.split_ends[symbol]
     last_end = max(stop - 1 for name, (start, stop) in ranges.items() if name != "test" and stop > start)
     return last_end + bundle.config.horizon, first_test_end - bundle.config.window + 1
-
-
-EVALUATION_OVERRIDE_SECTIONS = ("eval", "data", "baselines")  # the model and its training are the checkpoint's
-
-
-def evaluate_checkpoint(
-    checkpoint: Path, out_dir: Path, data_path: Path | None = None, overrides: Sequence[str] = ()
-) -> EvaluationReport:
-    """Backtest `checkpoint` and the baselines on the test split; write out_dir/metrics.json, the PNGs, report.md.
-
-    Data: the checkpoint's own data config (the same synthetic market: same seed, sizes and split) or, with
-    `data_path`, that OHLCV file split the same way. Features are normalised with the checkpoint's stored
-    statistics either way, exactly as serving does. `overrides` (`eval.cost_bps=5`, `data.bars_per_year=252`)
-    change the checkpoint's eval, data and baselines sections for this evaluation; other sections are refused.
-    """
-    from hrm_platform.checkpoint import load_model
-    from hrm_platform.config import with_overrides
-    from hrm_platform.evaluation.report import write_report
-    from hrm_platform.evaluation.split_evaluation import evaluate_split
-
-    model, loaded = load_model(checkpoint)
-    if data_path is not None:  # source and path change together
-        overrides = [*overrides, "data.source=file", f"data.path={data_path}"]
-    config = with_overrides(
-        loaded.config, list(overrides), f"{checkpoint} config with overrides", EVALUATION_OVERRIDE_SECTIONS, "evaluation"
-    )
-    result = evaluate_split(model, loaded, config)
-    return write_report(result, loaded, config, Path(out_dir))

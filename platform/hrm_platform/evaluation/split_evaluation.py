@@ -6,10 +6,13 @@ every rule baseline is backtested on the test bars with the same costs (`backtes
 
     model, loaded = load_model(checkpoint)
     result = evaluate_split(model, loaded, config)        # BacktestResult
+    report = evaluate_checkpoint(checkpoint, out_dir)     # the same, from a path, written out (`hrm evaluate`)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hrm_platform.evaluation.backtest import BacktestResult, Prediction, WindowPredictor, hrm_predictor, run_backtest
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from hrm_platform.checkpoint import LoadedCheckpoint
     from hrm_platform.config import PlatformConfig
     from hrm_platform.data.dataset import DatasetBundle
+    from hrm_platform.evaluation.report import EvaluationReport
 
 
 def evaluate_split(model: torch.nn.Module, loaded: LoadedCheckpoint, config: PlatformConfig) -> BacktestResult:
@@ -69,3 +73,30 @@ def baseline_predictor(model: BaselineModel) -> WindowPredictor:
         return Prediction(outputs.probabilities, outputs.quantity)
 
     return predict_windows
+
+
+EVALUATION_OVERRIDE_SECTIONS = ("eval", "data", "baselines")  # the model and its training are the checkpoint's
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, out_dir: Path, data_path: Path | None = None, overrides: Sequence[str] = ()
+) -> EvaluationReport:
+    """Backtest `checkpoint` and the baselines on the test split; write out_dir/metrics.json, the PNGs, report.md.
+
+    Data: the checkpoint's own data config (the same synthetic market: same seed, sizes and split) or, with
+    `data_path`, that OHLCV file split the same way. Features are normalised with the checkpoint's stored
+    statistics either way, exactly as serving does. `overrides` (`eval.cost_bps=5`, `data.bars_per_year=252`)
+    change the checkpoint's eval, data and baselines sections for this evaluation; other sections are refused.
+    """
+    from hrm_platform.checkpoint import load_model
+    from hrm_platform.config import with_overrides
+    from hrm_platform.evaluation.report import write_report
+
+    model, loaded = load_model(checkpoint)
+    if data_path is not None:  # source and path change together
+        overrides = [*overrides, "data.source=file", f"data.path={data_path}"]
+    config = with_overrides(
+        loaded.config, list(overrides), f"{checkpoint} config with overrides", EVALUATION_OVERRIDE_SECTIONS, "evaluation"
+    )
+    result = evaluate_split(model, loaded, config)
+    return write_report(result, loaded, config, Path(out_dir))

@@ -7,21 +7,14 @@ with the checkpoint that made its decisions and the last bar its training saw.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from hrm_platform.config import PlatformConfig
 from hrm_platform.evaluation import metrics, plots
-from hrm_platform.evaluation.report import (
-    WrittenReport,
-    act_markdown,
-    json_safe,
-    strategy_lines,
-    strategy_table_markdown,
-    uncertainty_paragraph,
-)
+from hrm_platform.evaluation.report import WrittenReport
 from hrm_platform.evaluation.summary import STRATEGY_ORDER, backtest_statistics, pool_results
+from hrm_platform.evaluation.tables import act_markdown, strategy_lines, strategy_table_markdown, uncertainty_paragraph
 from hrm_platform.evaluation.uncertainty import BootstrapSettings
 from hrm_platform.evaluation.walk_forward import FoldRun
 
@@ -59,13 +52,7 @@ def write_walk_forward_report(runs: list[FoldRun], config: PlatformConfig, out_d
         "pooled": {**_period(pooled), **backtest_statistics(pooled, settings)},
         "folds": [_fold_section(run, settings) for run in runs],
     }
-    plot_paths = _draw(pooled, runs, summary, out_dir)
-    summary["plots"] = {name: path.name for name, path in plot_paths.items()}
-    metrics_path = out_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
-    report_path = out_dir / "report.md"
-    report_path.write_text(render_markdown(summary))
-    return WalkForwardReport(out_dir, summary, report_path, metrics_path, plot_paths)
+    return WalkForwardReport.write(out_dir, summary, _draw(pooled, runs, summary, out_dir), render_markdown)
 
 
 def _data_section(runs: list[FoldRun], config: PlatformConfig) -> dict[str, Any]:

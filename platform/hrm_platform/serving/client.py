@@ -78,3 +78,10 @@ def _describe(symbol: str, last_bar: Any, answer: dict[str, Any]) -> str:
         f"trade {answer['trade']:+.3f} ({probabilities}; {answer['segments']} segments"
         f"{', cached' if answer['cached'] else ''}, {answer['latency_ms']:.1f} ms)"
     )
+
+
+def unauthorized_hint(token_env: str, token_sent: bool) -> str:
+    """What to do about a 401: send a token, or check the one sent."""
+    if token_sent:
+        return f"the server refused the bearer token in {token_env}: it must equal the token the server was started with"
+    return f"the server requires a bearer token: set {token_env} (or --token-env NAME)"

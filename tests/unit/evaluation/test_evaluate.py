@@ -14,7 +14,7 @@ from hrm_platform.checkpoint import load_model
 from hrm_platform.cli import main as hrm_main
 from hrm_platform.data.dataset import build_datasets
 from hrm_platform.evaluation import backtest
-from hrm_platform.evaluation.backtest import evaluate_checkpoint
+from hrm_platform.evaluation.split_evaluation import evaluate_checkpoint
 from tests.images import assert_sensible_png
 
 STRATEGIES = {"model", "model_1_segment", "model_all_segments", "lightgbm", "mlp", "transformer", "oracle",
