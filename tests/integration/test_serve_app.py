@@ -71,27 +71,41 @@ def test_a_lone_miss_is_computed_inline_and_concurrent_misses_share_engine_calls
 
     positions = [0.01 * (i + 1) for i in range(32)]
     # Distinct bars, never requested before: every request is a miss (the position is not part of the key).
-    frame = generate_market(1, 600, seed=6, horizon=4).bars["SYN00"][list(BAR_COLUMNS)].to_numpy()
-    burst_bars = [frame[start : start + engine.bars_needed + 8] for start in range(0, 32 * 15, 15)]
+    frame = generate_market(1, 2000, seed=6, horizon=4).bars["SYN00"][list(BAR_COLUMNS)].to_numpy()
+    bursts = [
+        [frame[start : start + engine.bars_needed + 8] for start in range(offset, offset + 32 * 15, 15)]
+        for offset in (0, 600, 1200)  # three disjoint bursts
+    ]
 
-    async def burst() -> list[dict]:
-        async with httpx.AsyncClient(base_url=serve_app.url, headers=serve_app.headers, timeout=60.0) as http:
+    async def burst(burst_bars: list[np.ndarray]) -> list[dict]:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(
+            base_url=serve_app.url, headers=serve_app.headers, timeout=60.0, limits=limits
+        ) as http:
+            # Open every connection first, so that the 32 predictions leave together.
+            await asyncio.gather(*(http.get("/v1/health") for _ in positions))
             responses = await asyncio.gather(*(
                 http.post("/v1/predict", json={"bars": bars.tolist(), "position": position})
                 for bars, position in zip(burst_bars, positions)
             ))
         return [response.json() for response in responses]
 
-    answers = asyncio.run(burst())
-    after_burst = engine_calls()
-    assert all(answer["cached"] is False for answer in answers)
-    batched_rows = after_burst["batched_rows"] - after_alone["batched_rows"]
-    engine_calls_used = after_burst["inline"] - after_alone["inline"] + after_burst["batched"] - after_alone["batched"]
+    # A client on a loaded 2-core machine can send slower than the replica answers, and then each request is
+    # rightly alone (inline). Up to three fresh bursts; batching must show in one of them.
+    for burst_bars in bursts:
+        start = engine_calls()
+        answers = asyncio.run(burst(burst_bars))
+        after_burst = engine_calls()
+        assert all(answer["cached"] is False for answer in answers)
+        expected = engine.predict_bars(burst_bars, [None] * len(positions))
+        for answer, prediction, position in zip(answers, expected, positions):
+            assert_same_decision(answer, prediction, position=position)
+        batched_rows = after_burst["batched_rows"] - start["batched_rows"]
+        if batched_rows > 1:
+            break
+    engine_calls_used = after_burst["inline"] - start["inline"] + after_burst["batched"] - start["batched"]
     assert batched_rows > 1 and after_burst["largest_batch"] > 1, after_burst
     assert engine_calls_used < len(positions), after_burst  # concurrent misses shared engine calls
-    expected = engine.predict_bars(burst_bars, [None] * len(positions))
-    for answer, prediction, position in zip(answers, expected, positions):
-        assert_same_decision(answer, prediction, position=position)
 
 
 def test_segment_budget_and_deadline(client, engine, market_bars):
