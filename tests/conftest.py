@@ -92,3 +92,28 @@ def serve_app(ray_cluster, trained_checkpoint: Path):
     # Serve, HAProxy and the memory guard go with the session's cluster (ray_cluster's ray.shutdown); a
     # serve.shutdown() here would wait ~30 s for Serve's controller with the HAProxy ingress.
     os.environ.pop(SERVE_TOKEN_ENV, None)
+
+
+# ---- model.arch variants (issue 15): one small trained and exported checkpoint per arch, shared by the export
+# and HTTP tests
+ARCH_SETTINGS = {
+    "hrm": ["model.arch=hrm"],
+    "trm": ["model.arch=trm", "model.gradient=last_cycle", "model.halting=bce"],
+    "transformer": ["model.arch=transformer"],
+}
+
+
+@pytest.fixture(scope="session")
+def exported_arch_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """arch -> a smoke checkpoint of that arch, exported with eager, jit_int8 and compiled (quick timing)."""
+    from hrm_platform.serving.export import ExportSettings, export_engine
+    from hrm_platform.training.local import train_local
+
+    root = tmp_path_factory.mktemp("archs")
+    quick = ExportSettings(repeats_batch1=5, repeats_batch32=2, measure_ready=False)
+    checkpoints = {}
+    for arch, overrides in ARCH_SETTINGS.items():
+        checkpoint = train_local(load_config(SMOKE_PRESET, overrides), root / arch)
+        export_engine(checkpoint, variants=("eager", "jit_int8", "compiled"), settings=quick)
+        checkpoints[arch] = checkpoint
+    return checkpoints

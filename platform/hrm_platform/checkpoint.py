@@ -2,10 +2,15 @@
 
     <checkpoint>/
       model.pt            the model's state_dict (tensors only)
+      ema.pt              the moving average of its weights, the same keys (optional; train.ema_decay)
       training_state.pt   optimizer, scheduler, epoch, step, RNG state (optional; present for resumable runs)
       manifest.json       format_version, model_version, created_at, git_revision, config, feature_spec,
                           data (source, spans, splits, bar frequency), n_features, window, epoch,
-                          metrics {latest, history}, files {name: sha256}
+                          metrics {latest, history}, files {name: sha256}, inference_weights
+
+`inference_weights` names the weights inference uses (`load_model`): ema.pt when there is one, else
+model.pt (also for older checkpoints without the key); `model_version` is the start of that file's sha256,
+so the served model's version names the weights it serves.
 
 Writing goes to a hidden temporary directory beside the target, which is renamed into place at the end, so
 a reader never sees half a checkpoint. Reading verifies the format version and every file's sha256 before
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
+EMA_FILE = "ema.pt"
 TRAINING_STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "manifest.json"
 _HASH_CHUNK_BYTES = 1 << 20
@@ -56,6 +62,12 @@ class LoadedCheckpoint:
     training_state: dict[str, Any] | None
     config: PlatformConfig
     feature_spec: FeatureSpec
+    ema_state: dict[str, torch.Tensor] | None = None  # the weights' moving average, when trained with one
+
+    @property
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        """The weights inference uses: the moving average when the checkpoint has one, else the model's."""
+        return self.ema_state if self.ema_state is not None else self.model_state
 
     @property
     def model_version(self) -> str:
@@ -88,6 +100,7 @@ def save_checkpoint(
     epoch: int,
     metrics: Mapping[str, Any],
     training_state: Mapping[str, Any] | None = None,
+    ema_state: Mapping[str, torch.Tensor] | None = None,
     history: Sequence[Mapping[str, Any]] = (),
     n_features: int | None = None,
     window: int | None = None,
@@ -95,9 +108,10 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint to `directory` atomically and return its path.
 
-    `metrics` are the latest epoch's; `history` the per-epoch list (defaults to `[metrics]`). `n_features`
-    and `window` default to the feature spec's; `data_description` is `DatasetBundle.description()`. An
-    existing directory at the target is replaced only after the new one is complete.
+    `metrics` are the latest epoch's; `history` the per-epoch list (defaults to `[metrics]`). `ema_state`,
+    the weights' moving average, becomes the checkpoint's inference weights. `n_features` and `window`
+    default to the feature spec's; `data_description` is `DatasetBundle.description()`. An existing directory
+    at the target is replaced only after the new one is complete.
     """
     target = Path(directory).absolute()
     spec = _feature_spec_dict(feature_spec)
@@ -105,11 +119,14 @@ def save_checkpoint(
     staging.mkdir(parents=True)
     try:
         files = {MODEL_FILE: _save_tensors(dict(model_state), staging / MODEL_FILE)}
+        if ema_state is not None:
+            files[EMA_FILE] = _save_tensors(dict(ema_state), staging / EMA_FILE)
         if training_state is not None:
             files[TRAINING_STATE_FILE] = _save_tensors(dict(training_state), staging / TRAINING_STATE_FILE)
+        inference_weights = EMA_FILE if ema_state is not None else MODEL_FILE
         manifest = {
             "format_version": FORMAT_VERSION,
-            "model_version": files[MODEL_FILE][:12],
+            "model_version": files[inference_weights][:12],
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "git_revision": git_revision(),
             "config": config.model_dump(mode="json"),
@@ -120,6 +137,7 @@ def save_checkpoint(
             "epoch": int(epoch),
             "metrics": {"latest": _json_safe(metrics), "history": _json_safe(list(history) or [metrics])},
             "files": files,
+            "inference_weights": inference_weights,
         }
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
         _move_into_place(staging, target)
@@ -217,12 +235,18 @@ def load_manifest(directory: str | Path) -> dict[str, Any]:
     _check_format_version(root, manifest)
     _check_required_keys(root, manifest)
     _check_file_hashes(root, manifest["files"])
-    if manifest["model_version"] != manifest["files"][MODEL_FILE][:12]:
+    weights = inference_weights(manifest)
+    if manifest["model_version"] != manifest["files"][weights][:12]:
         raise CheckpointError(
             f"checkpoint {root}: {MANIFEST_FILE} model_version {manifest['model_version']!r} does not match "
-            f"the sha256 of {MODEL_FILE}"
+            f"the sha256 of {weights}"
         )
     return manifest
+
+
+def inference_weights(manifest: Mapping[str, Any]) -> str:
+    """The weights file inference loads: the manifest's `inference_weights`; model.pt for older checkpoints."""
+    return manifest.get("inference_weights", MODEL_FILE)
 
 
 def _check_format_version(root: Path, manifest: dict[str, Any]) -> None:
@@ -244,6 +268,12 @@ def _check_required_keys(root: Path, manifest: dict[str, Any]) -> None:
     files = manifest["files"]
     if not isinstance(files, dict) or MODEL_FILE not in files:
         raise CheckpointError(f"checkpoint {root}: {MANIFEST_FILE} 'files' does not list {MODEL_FILE}")
+    weights = inference_weights(manifest)
+    if weights not in (MODEL_FILE, EMA_FILE) or weights not in files:
+        raise CheckpointError(
+            f"checkpoint {root}: {MANIFEST_FILE} inference_weights {weights!r} is not {MODEL_FILE} or {EMA_FILE} "
+            "listed in 'files'"
+        )
 
 
 def _check_file_hashes(root: Path, files: dict[str, str]) -> None:
@@ -262,13 +292,15 @@ def _check_file_hashes(root: Path, files: dict[str, str]) -> None:
 
 
 def load_checkpoint(directory: str | Path, with_training_state: bool = False) -> LoadedCheckpoint:
-    """Verify, then load the weights (and optionally the training state) with `weights_only=True`."""
+    """Verify, then load the weights, their moving average if saved (and optionally the training state) with
+    `weights_only=True`."""
     from hrm_platform.config import validate_config
     from hrm_platform.data.features import FeatureSpec
 
     root = Path(directory)
     manifest = load_manifest(root)
     model_state = _load_tensors(root, MODEL_FILE)
+    ema_state = _load_tensors(root, EMA_FILE) if EMA_FILE in manifest["files"] else None
     training_state = None
     if with_training_state:
         if TRAINING_STATE_FILE not in manifest["files"]:
@@ -281,6 +313,7 @@ def load_checkpoint(directory: str | Path, with_training_state: bool = False) ->
         training_state=training_state,
         config=validate_config(manifest["config"], source=f"{root / MANIFEST_FILE} config"),
         feature_spec=FeatureSpec.from_dict(manifest["feature_spec"]),
+        ema_state=ema_state,
     )
 
 
@@ -298,15 +331,17 @@ def _load_tensors(root: Path, name: str) -> dict[str, Any]:
 
 
 def load_model(directory: str | Path) -> tuple[HRM, LoadedCheckpoint]:
-    """The HRM of a checkpoint, weights loaded strictly, in eval mode on CPU."""
+    """The HRM of a checkpoint with its inference weights (the moving average when it has one, see
+    `inference_weights`) loaded strictly, in eval mode on CPU."""
     from hrm_platform.model.hrm import HRM
 
     loaded = load_checkpoint(directory)
     model = HRM(loaded.config.model, n_features=loaded.manifest["n_features"], window=loaded.manifest["window"])
     try:
-        model.load_state_dict(loaded.model_state, strict=True)
+        model.load_state_dict(loaded.inference_state, strict=True)
     except RuntimeError as error:
         raise CheckpointError(
-            f"checkpoint {loaded.directory}: {MODEL_FILE} does not fit the model its manifest describes: {error}"
+            f"checkpoint {loaded.directory}: {inference_weights(loaded.manifest)} does not fit the model its "
+            f"manifest describes: {error}"
         ) from None
     return model.eval(), loaded

@@ -85,8 +85,26 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """HRM shape. `n_features` is not here: it comes from the feature spec of the data."""
+    """Model shape. `n_features` is not here: it comes from the feature spec of the data."""
 
+    arch: Literal["hrm", "trm", "transformer"] = Field(
+        "hrm",
+        description="hrm: separate H and L stacks, x injected into both L and H updates' inputs via z_H + x; "
+        "trm: one shared stack of l_layers blocks (h_layers must equal l_layers), x injected only into the z_L "
+        "update; transformer: one stack of h_layers + l_layers blocks run once per segment on x, no carried state "
+        "(the ablation of recurrence). All three share the segment contract, heads, ACT, export and serving",
+    )
+    gradient: Literal["one_step", "last_cycle"] = Field(
+        "one_step",
+        description="one_step: backward through the last L and the last H update only (HRM's approximation); "
+        "last_cycle: full backward through the final H cycle (its l_cycles L updates and the H update), earlier "
+        "cycles under no_grad (TRM). The transformer's single pass is always fully differentiated",
+    )
+    halting: Literal["q_learning", "bce"] = Field(
+        "q_learning",
+        description="q_learning: q_halt by BCE against 'the action is right' plus a bootstrapped q_continue "
+        "(HRM); bce: q_halt's BCE alone and q_continue fixed at 0, so a sample halts when P(right) > 0.5 (TRM)",
+    )
     d_model: int = Field(128, ge=8)
     n_heads: int = Field(4, ge=1)
     ff_mult: float = Field(2.0, gt=0)
@@ -114,6 +132,11 @@ class ModelConfig(_Strict):
             raise ValueError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even (rotary)")
+        if self.arch == "trm" and self.h_layers != self.l_layers:
+            raise ValueError(
+                f"model.arch='trm' runs one shared stack: model.h_layers must equal model.l_layers "
+                f"(got {self.h_layers}, {self.l_layers})"
+            )
         if self.share_parameters and self.h_layers != self.l_layers:
             raise ValueError(
                 f"model.share_parameters needs model.h_layers == model.l_layers (got {self.h_layers}, {self.l_layers})"
@@ -156,6 +179,14 @@ class TrainConfig(_Strict):
     )
     peak_tflops: float | None = Field(
         None, gt=0, description="the device's dense bf16 peak for MFU; None = the published figure of a known GPU"
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="exponential moving average of the weights, updated after every training batch (its M segment "
+        "steps) with this decay (e.g. 0.999); validation, evaluation, export and serving then use the averaged "
+        "weights. None = off",
     )
     slow_epoch_warning_s: float = Field(
         120.0, gt=0, description="warn after the first step when the first epoch looks longer than this"

@@ -2,7 +2,7 @@
 
 Tokens as in the HRM: a learned summary token at position 0, then the W bars projected to d_model; the
 blocks are the HRM's (`TransformerBlock`, post-norm, rotary positions), as many as the HRM has distinct ones
-(h_layers + l_layers, or l_layers when H and L share parameters), applied once in sequence. The heads read
+(h_layers + l_layers, or l_layers when H and L share one stack), applied once in sequence. The heads read
 the summary token. So the parameter count matches the HRM's less its 2-output Q head, and what separates
 the two models is the recurrence and the adaptive computation alone.
 
@@ -22,7 +22,8 @@ from hrm_platform.model.layers import RotaryEmbedding, TransformerBlock
 
 def hrm_block_count(config: ModelConfig) -> int:
     """The HRM's distinct transformer blocks (a shared H/L stack counts once, as in count_parameters)."""
-    return config.l_layers if config.share_parameters else config.h_layers + config.l_layers
+    shared = config.share_parameters or config.arch == "trm"
+    return config.l_layers if shared else config.h_layers + config.l_layers
 
 
 class WindowTransformer(nn.Module):

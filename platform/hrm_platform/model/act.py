@@ -6,6 +6,7 @@ Training, per batch (`deep_supervision_step`):
     for segment in 1..M:
         carry, outputs = model(carry, windows)        # carry comes back detached
         loss = CE(action) + w_q * quantity MSE + w_act * (BCE(q_halt, correct) + BCE(previous q_continue, value))
+                                                      # (no q_continue term with model.halting='bce')
         backward; clip; optimizer step                # one step per segment
         halt samples with q_halt > q_continue (not before their exploration minimum)
         stop when every sample on every rank has halted
@@ -118,6 +119,7 @@ def deep_supervision_step(
     segments_used = torch.full((batch_size,), max_segments, dtype=torch.int64, device=device)
     min_segments = exploration_min_segments(batch_size, max_segments, halt_exploration, device)
     pending: PendingContinue | None = None  # the previous segment's q_continue, waiting for its target
+    trains_continue = hrm.config.halting == "q_learning"
     recorder = _StepRecorder()
     for segment_number in range(1, max_segments + 1):
         active = ~halted  # (B,) samples that still train at this segment
@@ -135,8 +137,10 @@ def deep_supervision_step(
         halt_now = halting_decision(outputs, segment_number, max_segments, min_segments)
         segments_used = torch.where(active & halt_now, segment_number, segments_used)
         recorder.add(outputs, actions, loss, active, grad_norm)
-        # Every sample trained at k gets its q_continue target at k+1 (halted ones too: the batch still runs them).
-        pending = PendingContinue(outputs.summary, active)
+        # Every sample trained at k gets its q_continue target at k+1 (halted ones too: the batch still runs them);
+        # with model.halting='bce' q_continue is fixed at 0 and has no loss.
+        if trains_continue:
+            pending = PendingContinue(outputs.summary, active)
         halted = halted | halt_now
         # The one host sync per segment: whether to run another one.
         if not is_last and all_ranks_halted(bool(halted.all())):

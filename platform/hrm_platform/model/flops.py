@@ -12,8 +12,9 @@ Hf = the SwiGLU width, F = input features.
     heads                 2 * D * (3 + 1 + 2)                         action, quantity, (q_halt, q_continue)
 
 One segment runs h_cycles * l_cycles applications of the L module (l_layers blocks each) and h_cycles of
-the H module; training records only the last L and the last H (the one-step gradient) and the embedding
-and heads, so a training segment costs
+the H module (the transformer arch: h_layers + l_layers blocks once); training records only the last L
+and the last H (the one-step gradient; last_cycle: the last cycle's l_cycles L updates and its H) and the
+embedding and heads, so a one-step training segment costs
 
     forward  = embed + (h_cycles*l_cycles*l_layers + h_cycles*h_layers) * block + heads
     backward = 2 * ((l_layers + h_layers) * block + heads) + embed     (the windows need no gradient: the
@@ -50,8 +51,19 @@ def heads_flops(config: ModelConfig) -> float:
 
 
 def blocks_per_segment(config: ModelConfig) -> int:
-    """Block applications in one segment's forward (L: h_cycles*l_cycles times, H: h_cycles times)."""
+    """Block applications in one segment's forward (L: h_cycles*l_cycles times, H: h_cycles times; the
+    transformer arch: its h_layers + l_layers blocks once)."""
+    if config.arch == "transformer":
+        return config.h_layers + config.l_layers
     return config.h_cycles * config.l_cycles * config.l_layers + config.h_cycles * config.h_layers
+
+
+def recorded_blocks_per_segment(config: ModelConfig) -> int:
+    """Block applications that training differentiates in one segment (model.gradient)."""
+    if config.arch == "transformer":
+        return config.h_layers + config.l_layers
+    recorded_l_updates = config.l_cycles if config.gradient == "last_cycle" else 1
+    return recorded_l_updates * config.l_layers + config.h_layers
 
 
 def segment_forward_flops(config: ModelConfig, window: int) -> float:
@@ -64,7 +76,7 @@ def training_flops_per_sample_segment(config: ModelConfig, window: int, n_featur
     block = block_flops(config, window + 1)
     embed = embed_flops(config, window, n_features)
     forward = embed + segment_forward_flops(config, window)
-    recorded = (config.l_layers + config.h_layers) * block + heads_flops(config)
+    recorded = recorded_blocks_per_segment(config) * block + heads_flops(config)
     return forward + 2 * recorded + embed
 
 

@@ -1,15 +1,21 @@
-"""Hierarchical Reasoning Model over a window of market bars.
+"""Hierarchical Reasoning Model over a window of market bars, and its two ablations (`model.arch`).
 
 Tokens are the W bars of a window (projected to d_model) plus one learned summary token at position 0; the
 heads read the summary token of the slow state z_H.
 
-One segment (`HRM.segment`) runs h_cycles x l_cycles updates of two recurrent transformer modules:
+One segment (`HRM.segment`) of the recurrent archs (hrm, trm) runs h_cycles x l_cycles updates:
 
     z_L <- L(z_L, z_H + x)            every update
     z_H <- H(z_H, z_L)                after every l_cycles L updates
 
-Every update but the last L and the last H runs under `torch.no_grad` (the HRM paper's one-step gradient
-approximation), so a segment's backward pass costs two module applications whatever the cycle counts.
+    hrm           L and H are separate stacks (or one, with model.share_parameters)
+    trm           L and H are one shared stack (TRM: the input reaches only the z_L update, as here)
+    transformer   z_H <- stack(x), h_layers + l_layers blocks once per segment; the carry is not read
+
+Gradient (`model.gradient`): one_step records only the last L and the last H update (the HRM paper's
+one-step approximation; a segment's backward costs two module applications whatever the cycle counts);
+last_cycle records the whole last H cycle (its l_cycles L updates and the H update: TRM's full
+backpropagation through the final recursion); everything earlier runs under `torch.no_grad`.
 `HRM.forward(carry, windows)` is one segment from a carry and returns the next carry detached; deep
 supervision (`model/act.py`) calls it once per segment.
 
@@ -72,7 +78,9 @@ class ReasoningModule(nn.Module):
     def forward(
         self, hidden: Tensor, injection: Tensor, cos: Tensor, sin: Tensor, checkpoint_blocks: bool = False
     ) -> Tensor:
-        hidden = hidden + injection  # (B, T, D)
+        return self.run_blocks(hidden + injection, cos, sin, checkpoint_blocks)  # (B, T, D)
+
+    def run_blocks(self, hidden: Tensor, cos: Tensor, sin: Tensor, checkpoint_blocks: bool = False) -> Tensor:
         for block in self.blocks:
             if checkpoint_blocks:
                 # Recompute the block in backward instead of keeping its activations.
@@ -118,9 +126,7 @@ class HRM(nn.Module):
         self.summary_token = nn.Parameter(torch.randn(1, 1, d_model))
         _init_unit_scale(self.input_proj)
         self.rotary = RotaryEmbedding(d_model // config.n_heads, window + 1, config.rope_base)
-        self.L_level = ReasoningModule(config.l_layers, config)
-        # Sharing registers the same module twice: one set of Parameters, updated by both levels.
-        self.H_level = self.L_level if config.share_parameters else ReasoningModule(config.h_layers, config)
+        self.L_level, self.H_level = _reasoning_stacks(config)
         self.heads = DecisionHeads(d_model)
         # Fixed (not learned) start states, saved with the weights so a loaded model starts identically.
         self.register_buffer("z_H_init", _truncated_normal(d_model))
@@ -151,22 +157,36 @@ class HRM(nn.Module):
     def segment(self, z_H: Tensor, z_L: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """One segment on plain tensors -> (z_H, z_L, action_logits, quantity, q_halt, q_continue).
 
-        Not detached: `forward` detaches the carry; at inference the caller runs under no_grad.
+        Not detached: `forward` detaches the carry; at inference the caller runs under no_grad. With
+        model.halting='bce', q_continue is 0: a sample halts when sigmoid(q_halt) > 0.5.
         """
         cos, sin = self.rotary(x.shape[1])  # (T, hd) each
+        record = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if self.config.arch == "transformer":
+            z_H = self.L_level.run_blocks(x, cos, sin, record)  # (B, T, D); z_L passes through unread
+        else:
+            z_H, z_L = self._recurrent_updates(z_H, z_L, x, cos, sin, record)
+        action_logits, quantity, q_halt, q_continue = self.heads(z_H[:, 0])
+        if self.config.halting == "bce":
+            q_continue = torch.zeros_like(q_halt)
+        return z_H, z_L, action_logits, quantity, q_halt, q_continue
+
+    def _recurrent_updates(
+        self, z_H: Tensor, z_L: Tensor, x: Tensor, cos: Tensor, sin: Tensor, checkpoint_blocks: bool
+    ) -> tuple[Tensor, Tensor]:
+        """h_cycles x l_cycles updates; those before the recorded tail run under no_grad (model.gradient)."""
         l_cycles = self.config.l_cycles
         total_updates = self.config.h_cycles * l_cycles
+        recorded_l_updates = l_cycles if self.config.gradient == "last_cycle" else 1
         with torch.no_grad():
-            for update in range(1, total_updates):
+            for update in range(1, total_updates - recorded_l_updates + 1):
                 z_L = self.L_level(z_L, z_H + x, cos, sin)
                 if update % l_cycles == 0:
                     z_H = self.H_level(z_H, z_L, cos, sin)
-        # The one-step gradient: only these two updates are recorded for backward.
-        use_checkpoint = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        z_L = self.L_level(z_L, z_H + x, cos, sin, use_checkpoint)  # (B, T, D)
-        z_H = self.H_level(z_H, z_L, cos, sin, use_checkpoint)  # (B, T, D)
-        action_logits, quantity, q_halt, q_continue = self.heads(z_H[:, 0])
-        return z_H, z_L, action_logits, quantity, q_halt, q_continue
+        for _ in range(recorded_l_updates):  # recorded for backward
+            z_L = self.L_level(z_L, z_H + x, cos, sin, checkpoint_blocks)  # (B, T, D)
+        z_H = self.H_level(z_H, z_L, cos, sin, checkpoint_blocks)  # (B, T, D)
+        return z_H, z_L
 
     def forward(self, carry: HRMCarry, windows: Tensor) -> tuple[HRMCarry, HRMOutputs]:
         """One segment with the one-step gradient; the returned carry is detached."""
@@ -174,6 +194,17 @@ class HRM(nn.Module):
         z_H, z_L, action_logits, quantity, q_halt, q_continue = self.segment(carry.z_H, carry.z_L, x)
         carry = HRMCarry(z_H, z_L).detached()
         return carry, HRMOutputs(action_logits, quantity, q_halt, q_continue, summary=carry.z_H[:, 0])
+
+
+def _reasoning_stacks(config: ModelConfig) -> tuple[ReasoningModule, ReasoningModule]:
+    """(L, H) stacks. A shared stack is registered twice: one set of Parameters, updated by both levels."""
+    if config.arch == "transformer":
+        stack = ReasoningModule(config.h_layers + config.l_layers, config)
+        return stack, stack
+    low = ReasoningModule(config.l_layers, config)
+    if config.arch == "trm" or config.share_parameters:
+        return low, low
+    return low, ReasoningModule(config.h_layers, config)
 
 
 def _init_unit_scale(projection: nn.Linear) -> None:

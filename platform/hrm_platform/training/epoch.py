@@ -124,6 +124,8 @@ def train_epoch(
             all_ranks_halted=collective.all_true,
         )
         _stop_on_non_finite_loss(step_metrics.loss, epoch, run.step + 1, collective)
+        if run.ema is not None:  # once per batch, after its M optimizer steps
+            run.ema.update(run.hrm)
         run.scheduler.step()
         run.step += 1
         if run.first_step_unix is None:

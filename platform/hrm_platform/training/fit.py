@@ -3,11 +3,11 @@
 
     fit(run, bundle, sampler, config, collective, save_epoch=write_and_report, progress=print)
 
-Per epoch: train, validate when due, record the weight fingerprint of every rank, the resume point and the
-first step's time, append to the run's history, gather every rank's RNG state, hand all of it to
-`save_epoch` (every rank calls it: a Ray worker reports on every rank), pass the metrics to the tracker
-(TensorBoard, MLflow: rank 0's), and let rank 0 print the progress line. A non-finite loss raises
-`NonFiniteLossError` on every rank together.
+Per epoch: train, validate when due, record the weight fingerprint of every rank (and of its weight
+average with train.ema_decay), the resume point and the first step's time, append to the run's history,
+gather every rank's RNG state, hand all of it to `save_epoch` (every rank calls it: a Ray worker reports on
+every rank), pass the metrics to the tracker (TensorBoard, MLflow: rank 0's), and let rank 0 print the
+progress line. A non-finite loss raises `NonFiniteLossError` on every rank together.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def fit(
         if should_validate(run.epoch, config):
             metrics.update(validate(run, bundle.val, config, collective))
         metrics["param_fingerprints"] = collective.gather_objects(parameter_fingerprint(run.model))
+        if run.ema is not None:  # every rank averages its own copy: these must agree too
+            metrics["ema_fingerprints"] = collective.gather_objects(parameter_fingerprint(run.ema.model))
         metrics["resumed_after_epoch"] = resumed_after
         metrics["first_step_unix"] = run.first_step_unix
         run.history.append(metrics)

@@ -106,8 +106,9 @@ def write_checkpoint(
     directory: Path, run: TrainingRun, config: PlatformConfig, bundle: DatasetBundle,
     metrics: dict[str, Any], rng_by_rank: list[dict[str, Any]],
 ) -> Path:
-    """The checkpoint of the epoch just finished (weights of the unwrapped HRM, never DDP's `module.` keys),
-    with the feature spec and the description of the data it was trained on (bar frequency included)."""
+    """The checkpoint of the epoch just finished (weights of the unwrapped HRM, never DDP's `module.` keys, and
+    their moving average with train.ema_decay), with the feature spec and the description of the data it was
+    trained on (bar frequency included)."""
     return save_checkpoint(
         directory,
         model_state=run.hrm.state_dict(),
@@ -117,12 +118,17 @@ def write_checkpoint(
         epoch=run.epoch,
         metrics=metrics,
         training_state=training_state(run, rng_by_rank),
+        ema_state=run.ema.state_dict() if run.ema is not None else None,
         history=run.history,
     )
 
 
 def resume_from(loaded: LoadedCheckpoint, run: TrainingRun, config: PlatformConfig, rank: int) -> None:
-    """Continue `run` after the checkpoint's epoch; refuses a checkpoint of another model or data set."""
+    """Continue `run` after the checkpoint's epoch; refuses a checkpoint of another model or data set.
+
+    With train.ema_decay the average continues from the checkpoint's, or, for a checkpoint saved without
+    one (the setting was turned on between runs), starts again at the resumed weights.
+    """
     for section in ("model", "data"):
         saved, current = getattr(loaded.config, section), getattr(config, section)
         if saved != current:
@@ -132,6 +138,10 @@ def resume_from(loaded: LoadedCheckpoint, run: TrainingRun, config: PlatformConf
                 f"start a new run (another train.name) or restore those {section}.* values"
             )
     run.hrm.load_state_dict(loaded.model_state, strict=True)
+    if run.ema is not None and loaded.ema_state is not None:
+        run.ema.load_state_dict(loaded.ema_state)
+    elif run.ema is not None:
+        run.ema.restart_from(run.hrm)
     restore_training_state(
         run, loaded.training_state, loaded.manifest["metrics"]["history"], rank=rank, seed=config.train.seed
     )

@@ -17,6 +17,7 @@ from torch import nn
 
 from hrm_platform.config import PlatformConfig, TrainConfig
 from hrm_platform.model.hrm import HRM, unwrap_model
+from hrm_platform.training.ema import WeightAverage, new_weight_average
 
 MIN_LR_FACTOR = 0.1  # the cosine schedule decays to 10% of train.lr
 
@@ -36,10 +37,16 @@ class TrainingRun:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     first_step_unix: float | None = None  # wall clock of this process's first finished batch
+    ema: WeightAverage | None = None  # the weights' moving average (train.ema_decay), updated per batch
 
     @property
     def hrm(self) -> HRM:
         return unwrap_model(self.model)
+
+    @property
+    def inference_model(self) -> HRM:
+        """What validation runs and a checkpoint serves: the averaged HRM with train.ema_decay, else the HRM."""
+        return self.ema.model if self.ema is not None else self.hrm
 
 
 def build_model(config: PlatformConfig, n_features: int) -> HRM:
@@ -106,6 +113,7 @@ def new_training_run(model: nn.Module, config: PlatformConfig, device: torch.dev
         scaler=scaler,
         autocast_dtype=autocast_dtype,
         device=device,
+        ema=new_weight_average(unwrap_model(model), config.train.ema_decay),
     )
 
 

@@ -18,8 +18,12 @@ VALIDATION_BATCH_FACTOR = 4  # validation runs without gradients: larger batches
 
 
 def validate(run: TrainingRun, dataset: WindowDataset, config: PlatformConfig, collective: Collective) -> dict[str, float]:
-    """ACT inference (per-sample halting, as served) on this rank's strided share of the split, reduced."""
-    hrm = run.hrm
+    """ACT inference (per-sample halting, as served) on this rank's strided share of the split, reduced.
+
+    Runs `run.inference_model`: the weights' moving average when train.ema_decay is set, as served.
+    """
+    hrm = run.inference_model
+    was_training = hrm.training
     hrm.eval()
     positions = list(range(collective.rank, len(dataset), collective.world_size))
     batch_size = config.train.batch_size * VALIDATION_BATCH_FACTOR
@@ -37,7 +41,7 @@ def validate(run: TrainingRun, dataset: WindowDataset, config: PlatformConfig, c
                 float(result.segments_used.sum()),
                 float(actions.shape[0]),
             ], dtype=torch.float64)
-    hrm.train()
+    hrm.train(was_training)  # the average stays in eval mode; the trained HRM goes back to training
     correct, nll, segments, samples = collective.sum(totals).tolist()
     if samples == 0:
         return {"val_accuracy": float("nan"), "val_loss": float("nan"), "val_mean_segments": float("nan")}
