@@ -176,31 +176,35 @@ def test_hot_reload_to_a_damaged_checkpoint_keeps_the_old_model_serving(
     assert answer["model_version"] == app_under_test.model_version
 
 
-def test_replica_restarted_after_a_failed_reload_still_serves(app_under_test, payloads, tmp_path: Path) -> None:
-    """A failed hot reload leaves the deployment's user_config naming the damaged checkpoint. A replica that
-    restarts afterwards (crash, node loss, scale-up) starts from that config: it must still come up and
-    serve (the last good model), not crash-loop."""
+def test_replica_restarted_after_a_failed_reload_serves_the_checkpoint_it_was_built_with(
+    app_under_test, payloads, tmp_path: Path
+) -> None:
+    """A reload past the driver's check (verify=False, as `serve deploy` of an edited YAML does) to a damaged
+    checkpoint leaves user_config naming it. A replica that restarts afterwards (crash, node loss, scale-up)
+    starts from that config: it must come up on the checkpoint the app was built with, serve it and say why
+    in /v1/health, not crash-loop."""
     damaged = tampered_copy(app_under_test.checkpoint, tmp_path / "damaged", "modified_weights_byte")
     url = app_under_test.url + "/v1/predict"
     try:
-        reload_checkpoint(damaged)
-    except Exception as refused:  # refusing the bad checkpoint up front is a correct answer too
-        print(f"reload_checkpoint refused the damaged checkpoint: {refused}")
-        return
-    try:
+        reload_checkpoint(damaged, verify=False)
         _wait_for_reload_error(app_under_test, damaged)
-        kill_replica(_only_replica())
+        victim = _only_replica()
+        kill_replica(victim)
         restarted_after_s = _seconds_until_served(url, payloads[0], app_under_test.headers,
                                                   RESTART_AFTER_BAD_RELOAD_TIMEOUT_S)
+        health = _wait_for_reload_error(app_under_test, damaged) if restarted_after_s is not None else {}
     finally:
         reload_checkpoint(app_under_test.checkpoint)  # whatever happened, leave the app serving the good model
         wait_until_serving(app_under_test, RECOVERY_AFTER_RESTORE_TIMEOUT_S)
     assert restarted_after_s is not None, (
-        f"after a failed reload to {damaged} and a replica restart, nothing was served for "
+        f"after a reload to the damaged {damaged} and a replica restart, nothing was served for "
         f"{RESTART_AFTER_BAD_RELOAD_TIMEOUT_S:.0f} s: the new replica starts from the damaged checkpoint that "
         f"user_config still names, and fails"
     )
-    print(f"a replica restarted after the failed reload served again after {restarted_after_s:.1f} s")
+    print(f"a replica restarted after the failed reload served again after {restarted_after_s:.1f} s: {health}")
+    assert not victim.actor_name.endswith(health["replica"]), "health answered by the killed replica"
+    assert health["status"] == "ok" and health["model_version"] == app_under_test.model_version, health
+    assert str(app_under_test.checkpoint.resolve()) in health["reload_error"], health  # what it fell back to
 
 
 def _seconds_until_served(url: str, payload: dict, headers: dict[str, str], timeout_s: float) -> float | None:

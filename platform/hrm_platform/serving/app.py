@@ -72,7 +72,7 @@ def build_app(args: AppArgs | dict[str, Any]):
     checkpoint = args.checkpoint.resolve()  # replicas do not share the builder's working directory
     return HRMDeployment.options(
         **deployment_options(args.serve), user_config={"checkpoint": str(checkpoint)}
-    ).bind(args.serve.model_dump(mode="json"))
+    ).bind(args.serve.model_dump(mode="json"), str(checkpoint))  # checkpoint: a starting replica's fallback
 
 
 def application_config(checkpoint: Path, serve_config: ServeConfig, env_vars: dict[str, str] | None = None) -> dict:

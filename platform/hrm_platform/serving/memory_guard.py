@@ -8,8 +8,10 @@ Three parts:
   that it outlives the replica or driver that created it). Replicas register and report their reading; the
   guard answers with the directive. `set_limit_gb()` changes the limit for everyone at once; `snapshot()`
   is what `/v1/health` and metrics show.
-- Replica side: `MemoryReader` (process RSS via psutil; GPU memory via NVML when a GPU is present, its
-  absence handled and logged once), `ReplicaMemoryMonitor` (read -> report -> apply) and `cleanup()`.
+- Replica side: `MemoryReader` (process RSS via psutil; GPU memory via NVML only when the caller says the
+  process computes on a GPU: a CPU replica on a GPU node holds no GPU memory, and guarding its 0 GPU bytes
+  would guard nothing), `ReplicaMemoryMonitor` (read -> report -> apply; it picks the reading from the
+  engine's device) and `cleanup()`.
 
 Call pattern in a Serve replica (the app owns the loop and the 503):
 
@@ -207,36 +209,45 @@ def stop_memory_guard(name: str = GUARD_NAME, namespace: str = GUARD_NAMESPACE) 
 
 
 class MemoryReader:
-    """Reads this process's memory: RSS via psutil, GPU memory via NVML when a GPU is visible."""
+    """Reads this process's memory: RSS via psutil, or GPU memory when the process computes on a GPU."""
 
-    def __init__(self, use_gpu: bool | None = None, pid: int | None = None) -> None:
-        """`use_gpu`: None = GPU readings when NVML finds a device; True = require them; False = RSS only."""
+    def __init__(self, use_gpu: bool = False, pid: int | None = None) -> None:
+        """`use_gpu`: this process computes on a GPU (a replica: its engine's device is CUDA), so the limit
+        applies to its GPU memory. Passed in, never inferred from the node: NVML sees every GPU of a GPU
+        node, also from a CPU replica, whose GPU bytes are 0 (its RSS is what grows)."""
         self._process = psutil.Process(pid or os.getpid())
-        self._nvml_handles = _nvml_device_handles() if use_gpu is not False else ()
-        if use_gpu and not self._nvml_handles:
-            raise RuntimeError("GPU memory readings requested, but NVML finds no GPU (see the log for why)")
+        self.use_gpu = use_gpu
+        self._nvml_handles = _nvml_device_handles() if use_gpu else ()
 
     @property
     def has_gpu(self) -> bool:
+        """GPU readings come from NVML (else from torch's reserved bytes)."""
         return bool(self._nvml_handles)
 
     def read(self) -> MemoryReading:
         rss_bytes = self._process.memory_info().rss
-        return MemoryReading(rss_bytes, self._gpu_bytes() if self._nvml_handles else None)
+        return MemoryReading(rss_bytes, self._gpu_bytes() if self.use_gpu else None)
 
     def _gpu_bytes(self) -> int:
         """GPU memory this process holds on every visible device."""
-        import pynvml
-
-        pid = self._process.pid
         total = 0
-        for handle in self._nvml_handles:
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == pid and proc.usedGpuMemory is not None:
-                    total += proc.usedGpuMemory
+        if self._nvml_handles:
+            import pynvml
+
+            pid = self._process.pid
+            for handle in self._nvml_handles:
+                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if proc.pid == pid and proc.usedGpuMemory is not None:
+                        total += proc.usedGpuMemory
         if total == 0:
-            total = _torch_cuda_reserved()  # in a container NVML may list host pids, not ours
+            total = _torch_cuda_reserved()  # no NVML, or in a container NVML may list host pids, not ours
         return total
+
+
+def computes_on_gpu(engine: Any) -> bool:
+    """Whether a replica holding `engine` (None before its first model) computes on a GPU."""
+    device = getattr(engine, "device", None)
+    return device is not None and device.type == "cuda"
 
 
 @functools.cache
@@ -297,12 +308,13 @@ class ReplicaMemoryMonitor:
     ) -> None:
         self.guard = guard
         self.replica_id = replica_id
-        self.reader = reader or MemoryReader()
+        self.reader = reader  # None: chosen per check from the engine's device (see _read)
         self.cleanup_cooldown_s = cleanup_cooldown_s
         self.directive: Directive = "ok"
         self.last_reading: MemoryReading | None = None
         self.cleanups = 0
         self._last_cleanup = float("-inf")
+        self._auto_reader: MemoryReader | None = None
 
     @property
     def shedding(self) -> bool:
@@ -312,15 +324,24 @@ class ReplicaMemoryMonitor:
         """Blocking version (drivers, threads)."""
         import ray
 
-        reading = self.reader.read()
+        reading = self._read(engine)
         directive = ray.get(self.guard.report.remote(self.replica_id, reading.rss_bytes, reading.gpu_bytes))
         return self._apply(reading, directive, engine, cache)
 
     async def check_async(self, engine: Any = None, cache: Any = None) -> Directive:
         """For a Serve replica's event loop: awaits the actor instead of blocking the loop."""
-        reading = self.reader.read()
+        reading = self._read(engine)
         directive = await self.guard.report.remote(self.replica_id, reading.rss_bytes, reading.gpu_bytes)
         return self._apply(reading, directive, engine, cache)
+
+    def _read(self, engine: Any) -> MemoryReading:
+        """The injected reader's reading, else GPU memory when the engine runs on CUDA and RSS otherwise."""
+        if self.reader is not None:
+            return self.reader.read()
+        on_gpu = computes_on_gpu(engine)
+        if self._auto_reader is None or self._auto_reader.use_gpu != on_gpu:
+            self._auto_reader = MemoryReader(use_gpu=on_gpu)
+        return self._auto_reader.read()
 
     def _apply(self, reading: MemoryReading, directive: Directive, engine: Any, cache: Any) -> Directive:
         if directive != self.directive:

@@ -7,7 +7,9 @@ single inference thread -> response. The engine, the cache and the memory guard 
 checkpoint comes from `user_config`, so a `serve deploy` that changes only `user_config.checkpoint` calls
 `reconfigure()` on the running replica: the new engine is built beside the old one, then swapped in with one
 assignment. Requests in flight finish on the model they started with, and the cache key carries the model
-version, so nothing the old model computed is served after the swap.
+version, so nothing the old model computed is served after the swap. A checkpoint that fails to load never
+stops a replica from serving: a running one keeps its model, and a starting one (restarted after a reload
+to a damaged checkpoint) serves the checkpoint the app was built with; both report `reload_error`.
 
 Why one deployment rather than an ingress in front of a model deployment: a Serve handle call between two
 deployments costs a hop of its own at every request, more than the model itself on a CPU replica in every
@@ -138,9 +140,12 @@ class ServingMetrics:
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress()  # the FastAPI app is built per replica by __serve_build_asgi_app__ (it needs the config)
 class HRMDeployment:
-    async def __init__(self, serve_config: dict[str, Any]) -> None:
+    async def __init__(self, serve_config: dict[str, Any], built_with: str | None = None) -> None:
+        """`built_with`: the checkpoint the app was built with (its `args.checkpoint`), which a starting
+        replica serves when the one `user_config` names fails to load."""
         keep_replica_grpc_on_loopback()
         self._serve = ServeConfig.model_validate(serve_config)
+        self._built_with = Path(built_with) if built_with is not None else None
         self._model: ServedModel | None = None
         self._reload_error: str | None = None
         self._cache = PredictionCache(self._serve.cache_size, self._serve.cache_ttl_s)
@@ -165,24 +170,37 @@ class HRMDeployment:
     # --------------------------------------------------------------------------------- Serve lifecycle
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Load `user_config["checkpoint"]` beside the current model, then swap. At replica start a failure
-        fails the replica; on a hot reload it keeps the old model serving and reports the error in health."""
+        """Load `user_config["checkpoint"]` beside the current model, then swap. When it fails, a hot reload
+        keeps the old model and a starting replica serves the checkpoint it was built with (`user_config` may
+        name a damaged one that `serve deploy` passed unchecked); either way health reports the error. Only a
+        starting replica with no good checkpoint at all fails."""
         checkpoint = ReloadConfig.model_validate(user_config).checkpoint
         if self._model is not None and Path(self._model.summary.checkpoint) == checkpoint:
             self._reload_error = None  # asked for what is already served (e.g. a rollback after a failed reload)
             return
         try:
             model = await asyncio.to_thread(load_served_model, checkpoint, self._serve)
-        except Exception as error:
-            if self._model is None:
-                raise
-            self._reload_error = f"reload to {checkpoint} failed, still serving {self._model.version}: {error}"
+        except Exception as error:  # noqa: BLE001 - whatever fails (hashes, format, torch) must not stop serving
+            self._model = self._model or await self._load_built_with(checkpoint, error)
+            self._reload_error = (
+                f"reload to {checkpoint} failed, still serving {self._model.version} "
+                f"from {self._model.summary.checkpoint}: {error}"
+            )
             logger.error(self._reload_error)
             return
         previous, self._model, self._reload_error = self._model, model, None
         self._cache.clear()  # unreachable anyway (keys carry the model version); frees the memory now
         logger.info("serving model %s (%s) from %s; was %s", model.version, model.engine.variant, checkpoint,
                     previous.version if previous else None)
+
+    async def _load_built_with(self, failed: Path, error: Exception) -> ServedModel:
+        """A starting replica's fallback: the checkpoint the app was built with; re-raises `error` when
+        that is the one that failed or there is none."""
+        if self._built_with is None or self._built_with == failed:
+            raise error
+        logger.error("cannot start on %s (%s); serving %s, the checkpoint the app was built with",
+                     failed, error, self._built_with)
+        return await asyncio.to_thread(load_served_model, self._built_with, self._serve)
 
     async def check_health(self) -> None:
         if self._model is None:
