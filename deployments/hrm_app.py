@@ -1,5 +1,6 @@
-"""Typed app builder for Serve's CLI. The deployment lives in the installed package
-(hrm_platform.serving.app) so that every Ray worker imports it without this repository on its path.
+"""Typed app builder for Serve's CLI, run from the repository root. The deployment and the builder our Serve
+configs name (`hrm_platform.serving.app:build_app`) live in the installed package, so every Ray node imports
+them without this repository on its path; this module only re-exports the builder with its typed argument.
 
     serve run deployments.hrm_app:app_builder checkpoint=$PWD/runs/smoke/best    # from the repository root
     serve run deployments/serve_config.yaml                                       # see that file's header

@@ -12,25 +12,22 @@ The job runs from a temporary copy of the working dir, so a relative `train.stor
 to ~/ray_results (Ray's default storage), not to that copy; on a multi-node cluster pass a shared path or a
 URI (`train.storage_path=s3://bucket/hrm-runs`). Submitting again with the same `train.name` and storage
 path resumes the run after its latest checkpoint. The package is imported from this checkout's `platform/`
-and shipped to the training workers, so nothing needs to be installed for it on the cluster beyond Ray and
-the dependencies.
+and shipped to the training workers (jobs/runtime.py, as for every job), so nothing needs to be installed for
+it on the cluster beyond Ray and the dependencies.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-SOURCE_ROOT = Path(__file__).resolve().parents[1] / "platform"  # a source root, not a package
+from jobs.runtime import connect_job_cluster, job_storage_path, use_this_checkout
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    sys.path.insert(0, str(SOURCE_ROOT))  # this copy of hrm_platform, installed or not
-    import ray
-
+    use_this_checkout()
     from hrm_platform.config import ConfigError, load_config
     from hrm_platform.training.trainer import TrainingError, print_summary, run_training
 
@@ -40,15 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jobs.train: {error}", file=sys.stderr)
         return 2
     config.train.storage_path = job_storage_path(config.train.storage_path)
-    if "RAY_ADDRESS" in os.environ:  # inside `ray job submit`: the job's cluster
-        # py_modules ships this copy of the package to the Train controller and workers (merged with the
-        # job's working_dir), so the cluster needs no install of it.
-        ray.init(
-            address=os.environ["RAY_ADDRESS"],
-            runtime_env={"py_modules": [str(SOURCE_ROOT / "hrm_platform")]},
-            log_to_driver=args.verbose,  # rank 0's progress lines come through a queue either way
-        )
-    # Run directly (no RAY_ADDRESS), run_training starts an embedded loopback cluster, as `hrm train` does.
+    # rank 0's progress lines come through a queue either way. Run directly (no RAY_ADDRESS), run_training
+    # starts an embedded loopback cluster, as `hrm train` does.
+    connect_job_cluster(log_to_driver=args.verbose)
     try:
         summary = run_training(config, quiet=args.json, verbose=args.verbose)
     except ConfigError as error:  # a finished run, or one trained with other settings (training/run_dir.py)
@@ -59,13 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print_summary(summary, as_json=args.json)
     return 0
-
-
-def job_storage_path(storage_path: str) -> str:
-    """Absolute paths and URIs as given; a relative path under ~/ray_results (the job's cwd is temporary)."""
-    if "://" in storage_path or Path(storage_path).expanduser().is_absolute():
-        return storage_path
-    return str(Path.home() / "ray_results" / storage_path)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

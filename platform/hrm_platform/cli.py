@@ -120,8 +120,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from hrm_platform.checkpoint import CheckpointError
     from hrm_platform.evaluation.split_evaluation import evaluate_checkpoint
+    from hrm_platform.storage import CheckpointError, local_checkpoint
 
     if (args.checkpoint is None) == (args.walk_forward is None):
         print("hrm evaluate: give --checkpoint (backtest it on its test split) or --walk-forward K (train and "
@@ -134,7 +134,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               "(change eval.*, data.* or baselines.* with overrides)", file=sys.stderr)
         return 2
     try:
-        report = evaluate_checkpoint(args.checkpoint, args.out, data_path=args.data, overrides=args.overrides)
+        checkpoint = local_checkpoint(args.checkpoint)  # a URI: its verified copy in the cache (storage.py)
+        report = evaluate_checkpoint(checkpoint, args.out, data_path=args.data, overrides=args.overrides)
     except (CheckpointError, ValueError) as error:  # unreadable checkpoint, OHLCVError, too few bars for the split
         print(f"hrm evaluate: {error}", file=sys.stderr)
         return 2
@@ -165,16 +166,18 @@ def _progress_line(line: str) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hrm_platform.checkpoint import CheckpointError
     from hrm_platform.serving.engine import EngineError
     from hrm_platform.serving.export import export_engine
     from hrm_platform.serving.variants import VariantError
+    from hrm_platform.storage import CheckpointError, local_checkpoint, publish_export
 
     try:
         named = args.variants or []  # `--variants a b key=value` puts the override here: take it back out
         variants = [name for name in named if "=" not in name] or None
         overrides = [*args.overrides, *(item for item in named if "=" in item)]
-        report = export_engine(args.checkpoint, variants=variants, overrides=overrides, progress=_progress_line)
+        checkpoint = local_checkpoint(args.checkpoint)
+        report = export_engine(checkpoint, variants=variants, overrides=overrides, progress=_progress_line)
+        publish_export(checkpoint, args.checkpoint)  # a URI's export goes back beside it, for its replicas
     except (CheckpointError, EngineError, VariantError, OSError, ValueError) as error:
         # OSError: a read-only checkpoint dir; ValueError: too few held-out windows, a bad export.* override
         print(f"hrm export: {error}", file=sys.stderr)
@@ -184,17 +187,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from hrm_platform.checkpoint import MANIFEST_FILE
     from hrm_platform.serving.ingress import check_port_free
+    from hrm_platform.storage import CheckpointError, local_checkpoint
 
     serve_config = _config(args).serve
     check_port_free(serve_config.host, serve_config.port)  # before Ray starts, not in HAProxy minutes later
-    if not (args.checkpoint / MANIFEST_FILE).is_file():
-        print(f"hrm serve: {args.checkpoint} is not a checkpoint directory (no {MANIFEST_FILE})", file=sys.stderr)
+    try:  # also before Ray starts: a missing or damaged checkpoint, a URI that cannot be read or verified
+        checkpoint = local_checkpoint(args.checkpoint, serve_config.checkpoint_cache_dir, verify=True)
+    except CheckpointError as error:
+        print(f"hrm serve: {error}", file=sys.stderr)
         return 2
     from hrm_platform.serving.lifecycle import serve_forever
 
-    return serve_forever(args.checkpoint, serve_config)
+    return serve_forever(checkpoint, serve_config)
 
 
 def _cmd_serve_env(args: argparse.Namespace) -> int:
@@ -288,9 +293,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "K: train a model per fold (Ray Train, folds run concurrently as the cluster has room) on the history "
         "before each of K consecutive test periods, and report every fold and the folds pooled.",
     )
-    evaluate.add_argument(
-        "--checkpoint", type=Path, metavar="DIR", default=None, help="checkpoint directory to backtest"
-    )
+    evaluate.add_argument("--checkpoint", metavar="DIR|URI", default=None, help="checkpoint to backtest (storage.py)")
     evaluate.add_argument("--walk-forward", type=int, default=None, metavar="K", help="folds to train and test")
     evaluate.add_argument("--config", type=Path, default=None, help="YAML preset for --walk-forward")
     _add_data_arg(evaluate)
@@ -306,9 +309,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     export = commands.add_parser("export", help="measure engine variants and write the serving manifest")
-    export.add_argument(
-        "--checkpoint", type=Path, metavar="DIR", required=True, help="checkpoint directory to export"
-    )
+    export.add_argument("--checkpoint", metavar="DIR|URI", required=True, help="checkpoint to export (storage.py)")
     export.add_argument(
         "--variants", nargs="*", default=None, metavar="NAME",
         help="variants to try, e.g. eager jit_int8 (the registry is in serving/variants.py); none: all that apply",
@@ -320,10 +321,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve a checkpoint over HTTP until interrupted")
     _add_config_args(serve)
-    serve.add_argument(
-        "--checkpoint", type=Path, metavar="DIR", required=True,
-        help="checkpoint directory (served with the engine `hrm export` chose for it)",
-    )
+    serve.add_argument("--checkpoint", metavar="DIR|URI", required=True, help="checkpoint to serve (storage.py)")
     serve.set_defaults(handler=_cmd_serve)
 
     serve_env = commands.add_parser(

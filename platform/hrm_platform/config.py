@@ -228,6 +228,11 @@ class ServeConfig(_Strict):
         "larger than the last runs in chunks of the last",
     )
     torch_threads: int = Field(1, ge=1)
+    checkpoint_cache_dir: str = Field(
+        "~/.cache/hrm-platform/checkpoints",
+        description="local copies of checkpoints read by URI (s3://, gs://, file://...; storage.py), one folder "
+        "per checkpoint and content; `hrm evaluate` and `hrm export` use the default",
+    )
     num_replicas: int | Literal["auto"] = Field(1, description="'auto' enables autoscaling")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)

@@ -184,3 +184,29 @@ def test_memory_guard_cleans_up_then_sheds_then_recovers(client, serve_app, mark
         assert predict(client, market_bars[7]).status_code == 200
     finally:
         ray.get(guard.set_limit_gb.remote(serve_app.serve_config.memory_limit_gb, soft_fraction))
+
+
+def test_reload_by_uri_serves_the_verified_copy(client, serve_app, engine, market_bars, tmp_path):
+    """Cluster storage: the replicas fetch a checkpoint named by URI (file:// here; s3:// and gs:// go through
+    the same pyarrow filesystem layer) into their cache, verify it, and serve it under that URI."""
+    import shutil
+
+    from hrm_platform.serving.lifecycle import reload_checkpoint
+
+    uri = Path(shutil.copytree(serve_app.checkpoint, tmp_path / "stored")).as_uri()
+    try:
+        reload_checkpoint(uri)
+        deadline = time.monotonic() + 60
+        while client.get("/v1/model").json()["checkpoint"] != uri:
+            assert time.monotonic() < deadline, "the URI was not served after 60 s"
+            time.sleep(0.1)
+        answer = predict(client, market_bars[3]).json()
+        assert answer["model_version"] == engine.model_version
+        assert_same_decision(answer, engine.predict_bars([market_bars[3]], [None])[0])
+        assert health(client)["reload_error"] is None
+    finally:
+        reload_checkpoint(serve_app.checkpoint)
+        deadline = time.monotonic() + 60  # same model version: wait for the path itself
+        while client.get("/v1/model").json()["checkpoint"] != str(serve_app.checkpoint):
+            assert time.monotonic() < deadline, "the session checkpoint was not served again after 60 s"
+            time.sleep(0.1)

@@ -1,7 +1,11 @@
-"""`ray job submit` against a loopback-only `ray start --head` cluster, and recovery from a killed worker.
+"""`ray job submit` of every job (train, export, evaluate) against a loopback-only `ray start --head` cluster,
+and recovery from a killed worker.
 
 The head node is started in its own process group with a private --temp-dir and free ports, and torn down
 by signalling that group: `ray stop` would stop every Ray cluster on the machine, other people's included.
+The jobs are submitted with a broken `hrm_platform` first on PYTHONPATH, standing for the copy a node has
+installed (older, or another branch's): a job that imports it, in its driver, a child process or a worker,
+fails. Each job must run the package of the checkout it was submitted from (jobs/runtime.py).
 """
 
 from __future__ import annotations
@@ -75,9 +79,11 @@ def _stop_group(process_group: int, grace_s: float = 3.0) -> None:
             time.sleep(0.2)
 
 
-def _start_head(command: list[str], env: dict[str, str]) -> tuple[int, str, int]:
+def _start_head(command: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[int, str, int]:
     """Run `ray start` as a session leader: every daemon it forks stays in its process group."""
-    started = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = subprocess.Popen(
+        command, env=env, cwd=cwd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         output, _ = started.communicate(timeout=150)
     except subprocess.TimeoutExpired:
@@ -130,8 +136,46 @@ def _listening_addresses(process_group: int) -> set[str]:
 
 
 def _submit_command(submission_id: str, *train_args: str) -> list[str]:
-    return [RAY, "job", "submit", "--submission-id", submission_id, "--working-dir", ".", "--",
-            "python", "-m", "jobs.train", "--config", "jobs/configs/smoke.yaml", *train_args]
+    return _job_command(submission_id, "jobs.train", "--config", "jobs/configs/smoke.yaml", *train_args)
+
+
+def _job_command(submission_id: str, module: str, *job_args: str, runtime_env: dict | None = None) -> list[str]:
+    extra = ["--runtime-env-json", json.dumps(runtime_env)] if runtime_env else []
+    return [RAY, "job", "submit", "--submission-id", submission_id, "--working-dir", ".", *extra, "--",
+            "python", "-m", module, *job_args]
+
+
+@pytest.fixture(scope="module")
+def node_copy_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A runtime env whose PYTHONPATH puts a broken hrm_platform (the "node's installed copy") first."""
+    shadow = tmp_path_factory.mktemp("node-copy")
+    (shadow / "hrm_platform").mkdir()
+    (shadow / "hrm_platform" / "__init__.py").write_text(
+        'raise ImportError("the hrm_platform installed on this node was imported, not the job\'s own")\n'
+    )
+    return {"env_vars": {"PYTHONPATH": str(shadow)}}
+
+
+def _run_job(head: HeadNode, command: list[str], timeout_s: float = 300) -> str:
+    """Submit and wait; the job's output, after asserting that it succeeded."""
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=head.env, capture_output=True, text=True, timeout=timeout_s)
+    output = completed.stdout + completed.stderr
+    submission_id = command[command.index("--submission-id") + 1]
+    assert completed.returncode == 0 and f"Job '{submission_id}' succeeded" in output, output[-4000:]
+    assert "installed on this node was imported" not in output
+    return output
+
+
+@pytest.fixture(scope="module")
+def job_run(ray_head: HeadNode, node_copy_env: dict, tmp_path_factory: pytest.TempPathFactory):
+    """The smoke preset trained by `ray job submit` once: (submission id, output, storage path)."""
+    storage = tmp_path_factory.mktemp("job-runs")
+    submission_id = f"hrm-smoke-{uuid.uuid4().hex[:8]}"
+    command = _job_command(
+        submission_id, "jobs.train", "--config", "jobs/configs/smoke.yaml", f"train.storage_path={storage}",
+        "train.name=job-smoke", "--json", runtime_env=node_copy_env,
+    )
+    return submission_id, _run_job(ray_head, command), storage
 
 
 def _ray_cli(head: HeadNode, *args: str) -> str:
@@ -153,23 +197,54 @@ def test_head_node_listens_on_loopback_only(ray_head: HeadNode) -> None:
     assert addresses and addresses <= LOOPBACK, addresses
 
 
-def test_ray_job_submit_trains_the_smoke_preset(ray_head: HeadNode, tmp_path: Path) -> None:
-    submission_id = f"hrm-smoke-{uuid.uuid4().hex[:8]}"
-    completed = subprocess.run(
-        _submit_command(submission_id, f"train.storage_path={tmp_path}", "train.name=job-smoke", "--json"),
-        cwd=REPO_ROOT, env=ray_head.env, capture_output=True, text=True, timeout=300,
-    )
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, output[-4000:]
-    assert f"Job '{submission_id}' succeeded" in output
+def _job_checkpoint(output: str) -> Path:
+    summary = json.loads(re.search(r"^\{$.*?^\}$", output, re.MULTILINE | re.DOTALL).group(0))
+    return Path(summary["checkpoint_path"])
+
+
+def test_ray_job_submit_trains_the_smoke_preset(ray_head: HeadNode, job_run) -> None:
+    submission_id, output, storage = job_run
     assert _job_status(ray_head, submission_id) == "SUCCEEDED"
 
     summary = json.loads(re.search(r"^\{$.*?^\}$", output, re.MULTILINE | re.DOTALL).group(0))
-    checkpoint = Path(summary["checkpoint_path"])
-    assert checkpoint.parent == tmp_path / "job-smoke" and summary["epochs_completed"] == 2
+    checkpoint = _job_checkpoint(output)
+    assert checkpoint.parent == storage / "job-smoke" and summary["epochs_completed"] == 2
     loaded = load_checkpoint(checkpoint)  # hashes verified
     assert loaded.manifest["epoch"] == summary["metrics"]["epoch"]
-    assert loaded.config.train.storage_path == str(tmp_path)
+    assert loaded.config.train.storage_path == str(storage)
+    assert loaded.manifest["git_revision"] is None  # rank 0 ran the shipped copy, not this git checkout
+
+
+def test_ray_job_submit_exports_a_checkpoint_read_by_uri(ray_head: HeadNode, node_copy_env: dict, job_run, tmp_path):
+    # The checkpoint in a "bucket" read through pyarrow's filesystem layer (file:// standing in for s3://).
+    bucket = Path(shutil.copytree(_job_checkpoint(job_run[1]), tmp_path / "bucket" / "epoch_0002"))
+    command = _job_command(
+        f"hrm-export-{uuid.uuid4().hex[:8]}", "jobs.export", "--checkpoint", bucket.as_uri(), "--variants", "eager",
+        "export.repeats_batch1=5", "export.repeats_batch32=2", runtime_env=node_copy_env,
+    )
+    output = _run_job(ray_head, command)
+    cache_copy = Path(re.search(r"^export of (\S+) \(model", output, re.MULTILINE).group(1))
+    try:
+        serving = json.loads((bucket / "serving" / "serving_manifest.json").read_text())  # published beside it
+        # Chosen only if a fresh process, started by the job, loaded it: that child ran the job's copy too.
+        assert serving["chosen"] == "eager", output[-3000:]
+        assert serving["variants"]["eager"]["ready_s"] > 0
+        load_checkpoint(bucket)
+    finally:
+        shutil.rmtree(cache_copy, ignore_errors=True)  # the job's node cache is this machine's ~/.cache
+
+
+def test_ray_job_submit_evaluates_a_checkpoint(ray_head: HeadNode, node_copy_env: dict, job_run, tmp_path) -> None:
+    checkpoint = _job_checkpoint(job_run[1])
+    command = _job_command(
+        f"hrm-eval-{uuid.uuid4().hex[:8]}", "jobs.evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path),
+        "eval.baselines=[]", "eval.bootstrap_resamples=100", "eval.act_comparison=false", runtime_env=node_copy_env,
+    )
+    output = _run_job(ray_head, command)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["model_version"] == load_checkpoint(checkpoint).model_version
+    assert 0 < metrics["classification"]["accuracy"] < 1 and sum(metrics["classification"]["support"].values()) > 0
+    assert "test accuracy" in output and (tmp_path / "report.md").is_file()
 
 
 def _training_worker_pids(head: HeadNode) -> list[int]:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hrm_platform.config import ConfigError, ServeConfig
 from hrm_platform.serving.replica import DEPLOYMENT_NAME, HRMDeployment
 from hrm_platform.serving.variants import VariantError, variant_info
+from hrm_platform.storage import checkpoint_location
 
 APP_NAME = "hrm"
 BUILDER_IMPORT_PATH = "hrm_platform.serving.app:build_app"
@@ -27,7 +27,10 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: Path = Field(description="checkpoint directory to serve first; hot reloads go through user_config")
+    checkpoint: str = Field(
+        description="checkpoint directory or URI (s3://, gs://, file://...) to serve first; hot reloads go through "
+        "user_config"
+    )
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
@@ -69,13 +72,13 @@ def build_app(args: AppArgs | dict[str, Any]):
     """Typed app builder: `serve run hrm_platform.serving.app:build_app checkpoint=PATH`."""
     args = AppArgs.model_validate(args) if not isinstance(args, AppArgs) else args
     check_engine_variant(args.serve)
-    checkpoint = args.checkpoint.resolve()  # replicas do not share the builder's working directory
+    checkpoint = checkpoint_location(args.checkpoint)  # replicas do not share the builder's working directory
     return HRMDeployment.options(
         **deployment_options(args.serve), user_config={"checkpoint": str(checkpoint)}
     ).bind(args.serve.model_dump(mode="json"), str(checkpoint))  # checkpoint: a starting replica's fallback
 
 
-def application_config(checkpoint: Path, serve_config: ServeConfig, env_vars: dict[str, str] | None = None) -> dict:
+def application_config(checkpoint: str, serve_config: ServeConfig, env_vars: dict[str, str] | None = None) -> dict:
     """One entry of a Serve config's `applications:`, as `serve deploy` takes it (see serve_config.yaml)."""
     config: dict[str, Any] = {
         "name": APP_NAME,

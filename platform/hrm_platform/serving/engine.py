@@ -39,6 +39,7 @@ from hrm_platform.model.act import ActResult, act_inference
 from hrm_platform.model.hrm import HRM
 from hrm_platform.serving.manifest import ManifestError, exported_choice, read_serving_manifest, verified_artefacts
 from hrm_platform.serving.variants import VariantError, build_act_runner, engine_model, load_segment, variant_info
+from hrm_platform.storage import DEFAULT_CACHE_DIR, local_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +98,12 @@ class InferenceEngine:
         torch_threads: int = 1,
         device: str | torch.device | None = None,
         graph_buckets: tuple[int, ...] = DEFAULT_GRAPH_BUCKETS,
+        cache_dir: str | Path = DEFAULT_CACHE_DIR,
     ) -> InferenceEngine:
         """Verify and load a checkpoint and the variant export produced for it.
+
+        `path`: a checkpoint directory, or a URI (s3://, gs://, file://...) whose verified local copy in
+        `cache_dir` (serve.checkpoint_cache_dir) is loaded (storage.py); `checkpoint_dir` is then that copy.
 
         variant None: what `hrm export` chose (eager when never exported, or when the export belongs to
         another model version or torch build: logged). A named variant that cannot load raises EngineError.
@@ -107,11 +112,11 @@ class InferenceEngine:
         """
         started = time.perf_counter()
         torch.set_num_threads(torch_threads)
-        checkpoint_dir = Path(path)
         try:
+            checkpoint_dir = local_checkpoint(path, cache_dir)  # a plain path as given
             hrm, loaded = load_model(checkpoint_dir)
         except (CheckpointError, ValueError) as error:
-            raise EngineError(f"cannot load checkpoint {checkpoint_dir}: {error}") from error
+            raise EngineError(f"cannot load checkpoint {path}: {error}") from error
         try:
             serving = read_serving_manifest(checkpoint_dir, loaded.model_version)
             name = variant if variant is not None else exported_choice(serving, checkpoint_dir)

@@ -25,6 +25,7 @@ from hrm_platform.serving.ingress import ingress_env
 from hrm_platform.serving.manifest import ManifestError, read_serving_manifest
 from hrm_platform.serving.memory_guard import stop_memory_guard
 from hrm_platform.serving.replica import DEPLOYMENT_NAME
+from hrm_platform.storage import checkpoint_location, local_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def start_server(checkpoint: Path, serve_config: ServeConfig) -> str:
     """
     import ray
 
-    checkpoint = Path(checkpoint).resolve()
+    checkpoint = checkpoint_location(checkpoint)
     check_engine_variant(serve_config)
     env = ingress_env(serve_config)
     if not ray.is_initialized():
@@ -73,13 +74,13 @@ def reload_checkpoint(checkpoint: Path, app_name: str = APP_NAME, verify: bool =
     from whatever user_config names. `verify=False` skips that, as `serve deploy` of an edited YAML does; the
     replicas then refuse it themselves and keep serving the old model."""
     if verify:
-        load_manifest(checkpoint)
+        local_checkpoint(checkpoint, verify=True)  # a URI: fetched into the cache and every hash checked
     applications = _deployed_applications()
     if app_name not in applications:
         raise RuntimeError(f"no application {app_name!r} deployed from a config (running: {sorted(applications)})")
     for deployment in applications[app_name].setdefault("deployments", []):
         if deployment["name"] == DEPLOYMENT_NAME:
-            deployment["user_config"] = {"checkpoint": str(Path(checkpoint).resolve())}
+            deployment["user_config"] = {"checkpoint": checkpoint_location(checkpoint)}
     _deploy_applications(list(applications.values()))
 
 

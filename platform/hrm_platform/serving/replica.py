@@ -28,7 +28,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,7 +64,7 @@ class ReloadConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    checkpoint: Path
+    checkpoint: str  # a directory or a URI (storage.py)
 
 
 
@@ -82,15 +81,17 @@ class ServedModel:
         return self.engine.model_version
 
 
-def load_served_model(checkpoint: Path, serve_config: ServeConfig) -> ServedModel:
+def load_served_model(checkpoint: str, serve_config: ServeConfig) -> ServedModel:
+    """`checkpoint`: a directory, or a URI loaded from its verified copy in serve.checkpoint_cache_dir."""
     variant = None if serve_config.engine_variant == "auto" else serve_config.engine_variant
     engine = InferenceEngine.from_checkpoint(
         checkpoint,
         variant=variant,
         torch_threads=serve_config.torch_threads,
         graph_buckets=serve_config.cuda_graph_buckets,
+        cache_dir=serve_config.checkpoint_cache_dir,
     )
-    manifest = json.loads((Path(checkpoint) / MANIFEST_FILE).read_text())  # verified by from_checkpoint
+    manifest = json.loads((engine.checkpoint_dir / MANIFEST_FILE).read_text())  # verified by from_checkpoint
     summary = ModelSummary(
         model_version=engine.model_version,
         variant=engine.variant,
@@ -145,7 +146,7 @@ class HRMDeployment:
         replica serves when the one `user_config` names fails to load."""
         keep_replica_grpc_on_loopback()
         self._serve = ServeConfig.model_validate(serve_config)
-        self._built_with = Path(built_with) if built_with is not None else None
+        self._built_with = built_with
         self._model: ServedModel | None = None
         self._reload_error: str | None = None
         self._cache = PredictionCache(self._serve.cache_size, self._serve.cache_ttl_s)
@@ -175,7 +176,7 @@ class HRMDeployment:
         name a damaged one that `serve deploy` passed unchecked); either way health reports the error. Only a
         starting replica with no good checkpoint at all fails."""
         checkpoint = ReloadConfig.model_validate(user_config).checkpoint
-        if self._model is not None and Path(self._model.summary.checkpoint) == checkpoint:
+        if self._model is not None and self._model.summary.checkpoint == checkpoint:
             self._reload_error = None  # asked for what is already served (e.g. a rollback after a failed reload)
             return
         try:
@@ -193,7 +194,7 @@ class HRMDeployment:
         logger.info("serving model %s (%s) from %s; was %s", model.version, model.engine.variant, checkpoint,
                     previous.version if previous else None)
 
-    async def _load_built_with(self, failed: Path, error: Exception) -> ServedModel:
+    async def _load_built_with(self, failed: str, error: Exception) -> ServedModel:
         """A starting replica's fallback: the checkpoint the app was built with; re-raises `error` when
         that is the one that failed or there is none."""
         if self._built_with is None or self._built_with == failed:

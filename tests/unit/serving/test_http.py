@@ -306,15 +306,14 @@ def test_serve_config_yaml_is_a_valid_loopback_config_for_our_builder(config_nam
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.hrm_app import app_builder
-    from hrm_platform.serving.app import AppArgs
+    from hrm_platform.serving.app import BUILDER_IMPORT_PATH, AppArgs
     from hrm_platform.serving.replica import DEPLOYMENT_NAME, ReloadConfig
 
     path = Path(__file__).resolve().parents[3] / "deployments" / config_name
     config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     assert config.http_options.host == "127.0.0.1"
     (application,) = config.applications
-    assert application.import_path == f"deployments.hrm_app:{app_builder.__name__}"
+    assert application.import_path == BUILDER_IMPORT_PATH  # in the installed package: deploys on any cluster
     args = AppArgs.model_validate(application.args)  # what Serve hands the builder
     (deployment,) = application.deployments
     assert deployment.name == DEPLOYMENT_NAME
