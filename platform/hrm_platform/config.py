@@ -158,7 +158,11 @@ class TrainConfig(_Strict):
     quantity_loss_weight: float = Field(1.0, ge=0)
     q_loss_weight: float = Field(0.5, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    num_workers: int = Field(2, ge=1)
+    num_workers: int | tuple[int, int] = Field(
+        2,
+        description="DDP workers; [min, max] = elastic (Ray Train V2): starts with what the cluster has room for "
+        "(at least min) and grows to max as nodes join, each resize continuing from the latest checkpoint",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker (Ray sets OMP to 1)")
@@ -204,11 +208,21 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        low, high = self.worker_range
+        if not 1 <= low <= high:
+            shown = list(self.num_workers) if isinstance(self.num_workers, tuple) else self.num_workers
+            raise ValueError(f"train.num_workers={shown} must be a count >= 1, or [min, max] with 1 <= min <= max")
         if self.precision == "fp16" and not self.use_gpu:
             raise ValueError("train.precision='fp16' needs train.use_gpu=true; use 'bf16' on CPU")
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"train.compile_mode={self.compile_mode!r} needs train.compile=true")
         return self
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) workers: (n, n) for a fixed train.num_workers."""
+        workers = self.num_workers
+        return (workers, workers) if isinstance(workers, int) else (workers[0], workers[1])
 
 
 class ServeConfig(_Strict):

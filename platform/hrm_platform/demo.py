@@ -157,7 +157,7 @@ def run_demo(config: PlatformConfig, keep_serving: bool, out_dir: Path, verbose:
     # One cluster for every stage: training and serving reuse it instead of starting their own.
     # Without --verbose no worker log is forwarded: the stages print their own lines, which Ray's chatter
     # (placement-group cleaners, report dumps, core-worker warnings) would bury.
-    init_local_ray(num_cpus=max(os.cpu_count() or 1, config.train.num_workers), log_to_driver=verbose)
+    init_local_ray(num_cpus=max(os.cpu_count() or 1, config.train.worker_range[1]), log_to_driver=verbose)
 
     folds = config.data.folds
     with _stage("walk-forward", timings):

@@ -72,7 +72,7 @@ def check_folds(config: PlatformConfig, folds: int) -> None:
 
 def fold_parallelism(config: PlatformConfig, cluster_cpus: float) -> int:
     """How many folds fit on the cluster at once (at least one: a fold that cannot fit fails in Ray Train)."""
-    per_fold = config.train.num_workers * config.train.cpus_per_worker
+    per_fold = config.train.worker_range[1] * config.train.cpus_per_worker  # an elastic run's most workers
     return max(1, math.floor(cluster_cpus / per_fold + 1e-9))
 
 

@@ -176,6 +176,10 @@ class MemoryGuard:
             del self._replicas[replica_id]
 
 
+# Ray gives the head node this resource (Ray's docs: "Resources", the head node); a tiny share of it pins an
+# actor there without taking anything from the head's real capacity.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
 def connect_memory_guard(
     limit_gb: float,
     soft_fraction: float,
@@ -184,13 +188,16 @@ def connect_memory_guard(
     name: str = GUARD_NAME,
     namespace: str = GUARD_NAMESPACE,
 ):
-    """The guard actor (created on first call, detached, 0 CPUs); needs `ray.init` or a Serve replica.
+    """The guard actor (created on first call, detached, 0 CPUs, on the head node); needs `ray.init` or a
+    Serve replica.
 
-    An existing guard keeps its current limit: change it with `handle.set_limit_gb.remote(...)`.
+    An existing guard keeps its current limit: change it with `handle.set_limit_gb.remote(...)`. On the head,
+    it lives as long as the cluster: on a worker node (wherever the first replica started) losing that node
+    lost every replica's readings and the limit set since (measured in tests/integration/test_multinode.py).
     """
     import ray
 
-    actor_class = ray.remote(num_cpus=0, max_restarts=-1)(MemoryGuard)
+    actor_class = ray.remote(num_cpus=0, max_restarts=-1, resources={HEAD_NODE_RESOURCE: 0.001})(MemoryGuard)
     return actor_class.options(name=name, namespace=namespace, lifetime="detached", get_if_exists=True).remote(
         limit_gb=limit_gb, soft_fraction=soft_fraction, stale_after_s=stale_after_s
     )

@@ -88,7 +88,8 @@ def _prepare_run(
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            resume_from(load_checkpoint(directory, with_training_state=True), run, platform, collective.rank)
+            loaded = load_checkpoint(directory, with_training_state=True)
+            resume_from(loaded, run, platform, collective.rank, steps_per_epoch)
     return run
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,11 @@ def write_checkpoint(
     )
 
 
-def resume_from(loaded: LoadedCheckpoint, run: TrainingRun, config: PlatformConfig, rank: int) -> None:
+def resume_from(
+    loaded: LoadedCheckpoint, run: TrainingRun, config: PlatformConfig, rank: int, steps_per_epoch: int | None = None
+) -> None:
     """Continue `run` after the checkpoint's epoch; refuses a checkpoint of another model or data set.
+    `steps_per_epoch` (at this run's world size) realigns the schedule after an elastic resize.
 
     With train.ema_decay the average continues from the checkpoint's, or, for a checkpoint saved without
     one (the setting was turned on between runs), starts again at the resumed weights.
@@ -145,3 +149,23 @@ def resume_from(loaded: LoadedCheckpoint, run: TrainingRun, config: PlatformConf
     restore_training_state(
         run, loaded.training_state, loaded.manifest["metrics"]["history"], rank=rank, seed=config.train.seed
     )
+    if steps_per_epoch is not None:
+        realign_schedule(run, steps_per_epoch)
+
+
+def realign_schedule(run: TrainingRun, steps_per_epoch: int) -> None:
+    """Continue the learning-rate schedule from the same share of training after a resize.
+
+    An elastic run (train.num_workers [min, max]) resumes at another world size, so with other steps per
+    epoch: the saved step counts the old size's steps against a total at the new size, and the schedule would
+    jump (measured: from 1 to 2 workers after epoch 1 of 4, a factor 0.58 instead of 0.90). At an epoch
+    boundary the step becomes epochs done x steps per epoch at the new size; at the same size nothing changes.
+    """
+    aligned = run.epoch * steps_per_epoch
+    if aligned == run.step:
+        return
+    run.step = aligned
+    run.scheduler.last_epoch = aligned - 1
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": a resume, not a skipped step
+        warnings.simplefilter("ignore", UserWarning)
+        run.scheduler.step()  # last_epoch -> aligned, and every group's lr for that step

@@ -64,14 +64,16 @@ def storage_path(train: TrainConfig) -> str:
 
 def build_trainer(config: PlatformConfig, *, progress_queue: Any | None = None) -> TorchTrainer:
     """DDP over `train.num_workers` workers: NCCL on GPUs, gloo on CPUs; keeps the best k checkpoints. Rank 0
-    puts a progress line per epoch on `progress_queue` when one is given."""
+    puts a progress line per epoch on `progress_queue` when one is given. A [min, max] range is Ray Train V2's
+    elastic scaling: the worker group starts at what fits (>= min) and restarts at a new size from the latest
+    checkpoint when the cluster's room changes (Ray looks every 60 s, and sees a joined node within 20 s)."""
     train = config.train
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(config, progress_queue),
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=train.num_workers,
+            num_workers=train.num_workers,  # an int, or a (min, max) tuple: elastic
             use_gpu=train.use_gpu,
             resources_per_worker={"CPU": train.cpus_per_worker},
         ),
@@ -112,8 +114,13 @@ def start_line(config: PlatformConfig) -> str:
     """What is about to happen, printed before Ray's start-up (which takes a while and says nothing)."""
     train = config.train
     backend = "NCCL on GPUs" if train.use_gpu else "gloo on CPUs"
-    return (f"training run {train.name!r}: {train.epochs} epochs, {train.num_workers} Ray Train workers (DDP, "
+    return (f"training run {train.name!r}: {train.epochs} epochs, {_workers_text(train)} Ray Train workers (DDP, "
             f"{backend}), checkpoints under {storage_path(train)}/{train.name}; starting Ray ...")
+
+
+def _workers_text(train: TrainConfig) -> str:
+    low, high = train.worker_range
+    return str(low) if low == high else f"{low}-{high} (elastic)"
 
 
 @contextmanager
@@ -135,7 +142,7 @@ def _ray_session(train: TrainConfig, log_to_driver: bool) -> Iterator[None]:
         yield
         return
     # Never attach to another cluster on this machine; make room for the workers even on a small one.
-    needed_cpus = math.ceil(train.num_workers * train.cpus_per_worker)
+    needed_cpus = math.ceil(train.worker_range[1] * train.cpus_per_worker)
     init_local_ray(num_cpus=max(os.cpu_count() or 1, needed_cpus), log_to_driver=log_to_driver)
     try:
         yield
