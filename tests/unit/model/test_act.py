@@ -22,14 +22,6 @@ WINDOW = 12
 BATCH = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_model(seed: int = 0, **overrides) -> HRM:
     fields = dict(d_model=32, n_heads=2, h_layers=1, l_layers=1, h_cycles=1, l_cycles=2, max_segments=4)
     fields.update(overrides)

@@ -10,15 +10,7 @@ from hrm_platform.config import ConfigError, load_config
 from hrm_platform.model.act import deep_supervision_step, predict
 from hrm_platform.model.flops import blocks_per_segment, recorded_blocks_per_segment
 from hrm_platform.model.hrm import count_parameters
-from tests.unit.model.test_hrm import WINDOW, make_model, make_windows
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.unit.model.test_hrm import WINDOW, make_model, make_windows, segment_input_grad
 
 
 class _Recorder:
@@ -77,11 +69,7 @@ def test_one_step_records_only_the_last_L_and_H_updates():
 def test_last_cycle_gradient_equals_a_manual_computation():
     model = make_model(gradient="last_cycle", h_cycles=2, l_cycles=2)
     windows = make_windows()
-    carry = model.initial_carry(windows.shape[0])
-    _, outputs = model(carry, windows)
-    outputs.action_logits.pow(2).sum().backward()
-    expected = model.input_proj.weight.grad.clone()
-    model.zero_grad()
+    expected, carry = segment_input_grad(model, windows)
 
     x = model.embed(windows)
     cos, sin = model.rotary(WINDOW + 1)

@@ -30,14 +30,6 @@ def make_windows(batch: int = 5, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, WINDOW, N_FEATURES, generator=generator)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_shapes_of_carry_embedding_segment_and_outputs():
     model = make_model()
     windows = make_windows(batch=5)
@@ -146,14 +138,21 @@ def test_only_the_last_L_and_last_H_updates_receive_gradients():
     assert (l_block.backward_calls, h_block.backward_calls) == (1, 1)
 
 
-def test_one_step_gradient_equals_a_manual_computation():
-    model = make_model(h_cycles=2, l_cycles=2)
-    windows = make_windows()
+def segment_input_grad(model: HRM, windows: torch.Tensor) -> tuple[torch.Tensor, HRMCarry]:
+    """The input projection's gradient of sum(action_logits^2) after one segment, and the carry it started
+    from; the model's gradients are zeroed again for a computation by hand."""
     carry = model.initial_carry(windows.shape[0])
     _, outputs = model(carry, windows)
     outputs.action_logits.pow(2).sum().backward()
     expected = model.input_proj.weight.grad.clone()
     model.zero_grad()
+    return expected, carry
+
+
+def test_one_step_gradient_equals_a_manual_computation():
+    model = make_model(h_cycles=2, l_cycles=2)
+    windows = make_windows()
+    expected, carry = segment_input_grad(model, windows)
 
     # By hand: three updates without a graph, then L and H with one.
     x = model.embed(windows)
