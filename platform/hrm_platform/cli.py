@@ -377,8 +377,10 @@ def _build_parser() -> argparse.ArgumentParser:
     config.set_defaults(handler=_cmd_config)
 
     from hrm_platform.runs import add_runs_command  # argparse, json and config only: --help stays instant
+    from hrm_platform.serving.replay import add_replay_command  # argparse and config only, likewise
 
     add_runs_command(commands)
+    add_replay_command(commands)
     return parser
 
 

@@ -260,6 +260,14 @@ class ServeConfig(_Strict):
     )
     cache_size: int = Field(1000, ge=0, description="entries per replica; 0 disables the cache")
     cache_ttl_s: float = Field(2.0, gt=0)
+    stream_idle_s: float = Field(
+        900.0, gt=0, description="a stream (/v1/streams) with no request this long is dropped; its next request "
+        "gets 409 stream_unknown and the client re-seeds it"
+    )
+    max_streams: int = Field(
+        10_000, ge=1, description="streams per replica (~5 kB each at the default bars_needed); the least recently "
+        "used goes when a new one would pass this"
+    )
     memory_limit_gb: float = Field(4.0, gt=0, description="hard limit per replica")
     memory_soft_fraction: float = Field(0.85, gt=0, lt=1, description="cleanup above this share of the limit")
     memory_check_interval_s: float = Field(1.0, gt=0)

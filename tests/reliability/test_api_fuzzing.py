@@ -22,7 +22,8 @@ from tests.reliability.harness import make_bars
 
 pytestmark = pytest.mark.ray
 
-EXAMPLES_PER_OPERATION = {"POST": 150, "GET": 10}  # per generation mode; ~20 s in all on 2 shared cores
+EXAMPLES_PER_OPERATION = {"POST": 150, "PUT": 100, "GET": 10, "DELETE": 10}  # per generation mode; ~20 s in all
+# on 2 shared cores for the predict routes, ~15 s more for the stream routes (PUT, POST bars, GET, DELETE)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""HTTP client for a running server: bars from a CSV/Parquet file in, one decision per symbol out.
+"""HTTP client for a running server: bars from a CSV/Parquet file in, one decision per symbol out; and streams.
 
     hrm predict --url http://127.0.0.1:8000 --bars bars.csv [--position 0.5] [--max-segments 2]
     print(predict_from_file("http://127.0.0.1:8000", Path("bars.csv"), position=0.5, max_segments=None))
@@ -6,14 +6,23 @@
 The file is read and validated with `data.ohlcv.load_ohlcv` (the same checks the server applies); the
 client asks /v1/model how many bars the model needs and sends each symbol's most recent bars in one
 /v1/predict/batch request.
+
+A `StreamClient` drives one /v1/streams stream and never shows its caller a 409 stream_unknown:
+
+    with httpx.Client(base_url=url, headers=headers) as http:
+        stream = StreamClient(http, "AAPL-1m", position=0.0)
+        stream.open(history)                 # (>= bars_needed, 5) bars, oldest first
+        answer = stream.push(new_bar[None])  # (1, 5) -> the decision for it; re-seeds the server when needed
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from hrm_platform.data.ohlcv import BAR_COLUMNS, load_ohlcv
 
@@ -51,6 +60,11 @@ def predict_from_file(
     return "\n".join([header, *lines])
 
 
+def get_json(client: httpx.Client, path: str) -> dict[str, Any]:
+    """GET `path` -> its JSON; ClientError when unreachable or refused."""
+    return _call(client, "GET", path)
+
+
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     try:
         response = client.request(method, path, **kwargs)
@@ -85,3 +99,93 @@ def unauthorized_hint(token_env: str, token_sent: bool) -> str:
     if token_sent:
         return f"the server refused the bearer token in {token_env}: it must equal the token the server was started with"
     return f"the server requires a bearer token: set {token_env} (or --token-env NAME)"
+
+
+class StreamClient:
+    """One stream (/v1/streams/{stream_id}) over an open httpx.Client, with its own copy of the stream's bars.
+
+    The server's state can vanish (replica restart, eviction, expiry, a request routed to another replica): it then
+    answers 409 `stream_unknown` naming `bars_needed`, and `push` re-seeds the stream with a PUT of its own last
+    bars plus the new ones, whose answer is the decision for the newest bar, as the POST's would have been.
+    `reseeds` counts them. Timestamps (ISO strings or Unix seconds) are sent back on a re-seed when every kept
+    bar has one."""
+
+    def __init__(self, http: httpx.Client, stream_id: str, *, position: float = 0.0, max_segments: int | None = None,
+                 deadline_ms: float | None = None) -> None:
+        self.http = http
+        self.path = f"/v1/streams/{stream_id}"
+        self.position = position
+        self.budget = {"max_segments": max_segments, "deadline_ms": deadline_ms}
+        self.reseeds = 0
+        self._bars = np.empty((0, 5))  # (<= keep, 5): the bars a re-seed sends, oldest first
+        self._times: list[Any] = []  # one per kept bar; None for a bar sent without a timestamp
+        self._keep = 0  # bars to keep: the history's length, or more when a 409 names a larger bars_needed
+
+    def open(self, bars: np.ndarray, timestamps: Sequence[Any] | None = None) -> dict[str, Any]:
+        """Create (or reset) the stream from `bars` (N >= bars_needed, 5); the decision for the last bar."""
+        self._keep = max(self._keep, len(bars))
+        return self._seed(np.asarray(bars, dtype=np.float64), _times_list(timestamps, len(bars)))
+
+    def push(self, bars: np.ndarray, timestamps: Sequence[Any] | None = None,
+             position: float | None = None) -> dict[str, Any]:
+        """Send (k, 5) new bars; the decision for the newest. Re-seeds and retries once on stream_unknown."""
+        bars = np.asarray(bars, dtype=np.float64).reshape(-1, 5)
+        if position is not None:
+            self.position = position
+        body = {"bars": bars.tolist(), "timestamps": None if timestamps is None else list(timestamps),
+                "position": position}
+        response = self._request("POST", self.path + "/bars", json=_without_nulls(body))
+        times = _times_list(timestamps, len(bars))
+        if response.status_code == 409 and _error_body(response).get("error") == "stream_unknown":
+            self._keep = max(self._keep, int(_error_body(response).get("bars_needed") or 0))
+            return self._seed(np.concatenate([self._bars, bars]), self._times + times, reseed=True)
+        answer = _answer(response, "POST", self.path + "/bars")
+        self._remember(np.concatenate([self._bars, bars]), self._times + times)
+        return answer
+
+    def close(self) -> bool:
+        """Delete the stream on the server; False when the replica that answered held none."""
+        return _answer(self._request("DELETE", self.path), "DELETE", self.path)["deleted"]
+
+    def _seed(self, bars: np.ndarray, times: list[Any], reseed: bool = False) -> dict[str, Any]:
+        bars, times = bars[-self._keep:], times[-self._keep:]
+        if reseed and len(bars) < self._keep:
+            raise ClientError(f"cannot re-seed {self.path}: the server needs {self._keep} bars, this client kept "
+                              f"{len(bars)}")
+        body = {"bars": bars.tolist(), "position": self.position, **self.budget,
+                "timestamps": times if all(moment is not None for moment in times) else None}
+        answer = _answer(self._request("PUT", self.path, json=_without_nulls(body)), "PUT", self.path)
+        self.reseeds += reseed
+        self._remember(bars, times)
+        return answer
+
+    def _remember(self, bars: np.ndarray, times: list[Any]) -> None:
+        self._bars, self._times = bars[-self._keep:], times[-self._keep:]
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise ClientError(f"cannot reach {self.http.base_url}{path}: {error}") from None
+
+
+def _answer(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise ClientError(f"{method} {path} -> {response.status_code}: {_error_text(response)}", response.status_code)
+    return response.json()
+
+
+def _error_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _times_list(timestamps: Sequence[Any] | None, count: int) -> list[Any]:
+    return [None] * count if timestamps is None else list(timestamps)
+
+
+def _without_nulls(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in body.items() if value is not None}

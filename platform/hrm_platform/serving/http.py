@@ -8,6 +8,7 @@ methods. The Serve deployment (serving/app.py) passes itself; unit tests pass a 
     413 body_too_large          Content-Length or the streamed body over serve.max_body_bytes
                                 (serve.max_batch_body_bytes for /v1/predict/batch), before any parsing
     415 unsupported_media_type  a POST body whose Content-Type is not application/json (or +json); none counts
+    409 stream_unknown, ...     a stream request this replica cannot apply (serving/stream_http.py)
     422 invalid_request         a field that fails validation; `field` names it (bars[12], position, requests[3].bars)
     400 invalid_json            a body that is not JSON
     503 overloaded              the replica is over its memory limit (Retry-After) or has no model yet
@@ -47,10 +48,11 @@ from hrm_platform.serving.schemas import (
     field_name,
     predict_examples,
 )
+from hrm_platform.serving.stream_http import STREAMS_PREFIX, add_stream_routes
 
 logger = logging.getLogger(__name__)
 
-PROTECTED_PREFIXES = ("/v1/predict", "/v1/model")  # every route that runs or describes the model
+PROTECTED_PREFIXES = ("/v1/predict", "/v1/model", STREAMS_PREFIX)  # every route that runs or describes the model
 BATCH_PATH = "/v1/predict/batch"
 RETRY_AFTER_S = 1
 JSON_MEDIA_TYPE = "application/json"
@@ -79,6 +81,8 @@ class Service(Protocol):
     async def health(self) -> HealthResponse: ...
 
     def model_summary(self) -> ModelSummary: ...
+
+    streams: Any  # serving.stream_service.StreamService: what the /v1/streams routes call
 
 
 def create_api(service: Service, serve: ServeConfig, auth_token: str | None) -> FastAPI:
@@ -127,6 +131,8 @@ def _add_routes(api: FastAPI, service: Service, serve: ServeConfig) -> None:
              description=MODEL_DESCRIPTION)
     async def model() -> ModelSummary:
         return service.model_summary()
+
+    add_stream_routes(api, lambda: service.streams, serve, takes_json, started=_started)
 
 
 def predict_description(serve: ServeConfig) -> str:

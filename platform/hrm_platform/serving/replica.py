@@ -11,6 +11,9 @@ version, so nothing the old model computed is served after the swap. A checkpoin
 stops a replica from serving: a running one keeps its model, and a starting one (restarted after a reload
 to a damaged checkpoint) serves the checkpoint the app was built with; both report `reload_error`.
 
+Streams (/v1/streams: serving/stream_service.py, streams.py): the replica's StreamStore keeps each stream's recent
+bars, and a stream request joins the path above at the cache lookup (`decide`), so its answer is /v1/predict's.
+
 Why one deployment rather than an ingress in front of a model deployment: a Serve handle call between two
 deployments costs a hop of its own at every request, more than the model itself on a CPU replica in every
 ingress mode measured (README, HTTP API). A separate model deployment pays off once the model needs
@@ -52,6 +55,8 @@ from hrm_platform.serving.schemas import (
     check_bars,
     decision_response,
 )
+from hrm_platform.serving.stream_service import StreamService
+from hrm_platform.serving.streams import StreamSettings, StreamStore
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +155,8 @@ class HRMDeployment:
         self._model: ServedModel | None = None
         self._reload_error: str | None = None
         self._cache = PredictionCache(self._serve.cache_size, self._serve.cache_ttl_s)
+        self._streams = StreamStore(self._serve.max_streams, self._serve.stream_idle_s)
+        self.streams = StreamService(self._streams, self._serve, self._current_model, self.decide)  # /v1/streams
         self._inference = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrm-engine")
         self._computing = 0  # cache misses between _compute's entry and exit
         self._engine_calls = {"inline": 0, "batched": 0, "batched_rows": 0, "largest_batch": 0}
@@ -210,11 +217,16 @@ class HRMDeployment:
             raise RuntimeError(f"memory watch stopped: {self._memory_task.exception()!r}")
 
     async def _watch_memory(self) -> None:
-        """Report memory to the guard every memory_check_interval_s and apply its directive."""
+        """Every memory_check_interval_s: drop idle streams, report memory to the guard and apply its directive.
+        A cleanup while shedding also drops the least recently used half of the streams (their clients re-seed)."""
         while True:
             try:
+                self._streams.expire()
                 engine = self._model.engine if self._model is not None else None
+                cleanups = self._monitor.cleanups
                 await self._monitor.check_async(engine, self._cache)
+                if self._monitor.shedding and self._monitor.cleanups > cleanups:
+                    self._streams.evict_oldest(len(self._streams) // 2)
                 if self._monitor.last_reading is not None:
                     self._metrics.memory_bytes.set(self._monitor.last_reading.guarded_bytes)
             except Exception:  # the guard restarting must not stop the replica from reporting later
@@ -245,12 +257,22 @@ class HRMDeployment:
             cache=self._cache.stats(),
             engine_calls=dict(self._engine_calls),
             reload_error=self._reload_error,
+            streams=self._streams.stats(),
         )
 
     def model_summary(self) -> ModelSummary:
         if self._model is None:
             raise overloaded("model still loading")
         return self._model.summary  # metadata: answered even while shedding
+
+    async def decide(
+        self, model: ServedModel, window: np.ndarray, position: float, settings: StreamSettings, started: float,
+        route: str,
+    ) -> PredictResponse:
+        """A stream's decision on `window` (bars_needed, 5): the path of a checked /v1/predict from its cache key on."""
+        budget = _segment_budget(settings, model.engine)
+        key = self._cache.make_key(model.version, window, budget)
+        return await self._answer(PreparedRequest(model, window, position, budget, key), started, route)
 
     # ---------------------------------------------------------------------------------------- internals
 
@@ -341,7 +363,7 @@ class HRMDeployment:
         return state
 
 
-def _segment_budget(request: PredictRequest, engine: InferenceEngine) -> int | None:
+def _segment_budget(request: PredictRequest | StreamSettings, engine: InferenceEngine) -> int | None:
     """The tighter of max_segments and what deadline_ms affords; None = the model's maximum (ACT clamps)."""
     budgets = []
     if request.max_segments is not None:

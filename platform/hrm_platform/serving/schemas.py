@@ -93,6 +93,13 @@ Bars = Annotated[
 ]
 
 
+def bars_to_array(bars: list[list[float]] | BarColumns) -> np.ndarray:
+    """Parsed `Bars` in either layout -> (N, 5) float64 in BAR_COLUMNS order (also the stream routes')."""
+    if isinstance(bars, BarColumns):
+        return np.column_stack([np.asarray(getattr(bars, name), dtype=np.float64) for name in BAR_COLUMNS])
+    return np.asarray(bars, dtype=np.float64).reshape(-1, len(BAR_COLUMNS))
+
+
 class PredictRequest(_Strict):
     """One decision request: recent bars (oldest first) and the current position."""
 
@@ -111,9 +118,7 @@ class PredictRequest(_Strict):
 
     def bars_array(self) -> np.ndarray:
         """(N, 5) float64 in BAR_COLUMNS order, whichever layout the client used."""
-        if isinstance(self.bars, BarColumns):
-            return np.column_stack([np.asarray(getattr(self.bars, name), dtype=np.float64) for name in BAR_COLUMNS])
-        return np.asarray(self.bars, dtype=np.float64).reshape(-1, len(BAR_COLUMNS))
+        return bars_to_array(self.bars)
 
 
 class BatchRequest(_Strict):
@@ -163,6 +168,8 @@ class HealthResponse(_Strict):
         "cache": {"hits": 12, "misses": 30, "evictions": 0, "expirations": 5, "size": 25, "maxsize": 1000,
                   "ttl_s": 2.0},
         "engine_calls": {"inline": 20, "batched": 3, "batched_rows": 10, "largest_batch": 5}, "reload_error": None,
+        "streams": {"count": 40, "max_streams": 10000, "idle_s": 900.0, "bytes": 205_000, "created": 41,
+                    "expired": 1, "evicted": 0, "deleted": 0},
     }]})
 
     status: Literal["ok", "shedding", "loading"]
@@ -175,6 +182,9 @@ class HealthResponse(_Strict):
         default_factory=dict, description="inline (a lone miss), batched (calls, rows, largest) since start"
     )
     reload_error: str | None = Field(None, description="why the last checkpoint reload failed (old model kept)")
+    streams: dict[str, float] = Field(
+        default_factory=dict, description="streams this replica holds (/v1/streams), their bytes and what left"
+    )
 
 
 class ModelSummary(_Strict):
@@ -275,10 +285,12 @@ def decision_response(
 
 
 def field_name(location: tuple[Any, ...] | list[Any]) -> str | None:
-    """Pydantic/FastAPI error location -> 'requests[2].bars[3]'; drops 'body' and the layout tags."""
+    """Pydantic/FastAPI error location -> 'requests[2].bars[3]'; drops 'body' or 'path' and the layout tags."""
     name, previous = "", None
     for part in location:
-        skip = (previous is None and part == "body") or (previous == "bars" and part in (ROWS_TAG, COLUMNS_TAG))
+        skip = (previous is None and part in ("body", "path")) or (
+            previous == "bars" and part in (ROWS_TAG, COLUMNS_TAG)
+        )
         previous = part
         if not skip:
             name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))

@@ -1,0 +1,115 @@
+"""The stream routes (/v1/streams), added to the app by `http.create_api`; the replica's `streams` answers them.
+
+    PUT    /v1/streams/{stream_id}       create or reset from history -> the decision for its last bar
+    POST   /v1/streams/{stream_id}/bars  one or more new bars          -> the decision for the newest bar
+    GET    /v1/streams/{stream_id}       the stream's state
+    DELETE /v1/streams/{stream_id}       forget it
+
+Besides the errors of every route (401, 413, 415, 422, 503 as for /v1/predict; a bad stream id is a 422 naming
+`stream_id`), a stream request can get 409 `StreamErrorResponse`: `stream_unknown` (this replica holds no such
+stream: PUT it again with `bars_needed` bars, which the body names), `bar_out_of_order` or `bar_conflict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Path, Request
+from fastapi.responses import JSONResponse
+
+from hrm_platform.config import ServeConfig
+from hrm_platform.serving.stream_schemas import (
+    STREAM_ID_DESCRIPTION,
+    STREAM_ID_MAX_LENGTH,
+    STREAM_ID_PATTERN,
+    StreamBars,
+    StreamCreate,
+    StreamDecision,
+    StreamDeleted,
+    StreamErrorResponse,
+    StreamInfo,
+    append_examples,
+    create_examples,
+)
+from hrm_platform.serving.streams import StreamConflict
+
+STREAMS_PREFIX = "/v1/streams"
+CONFLICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": StreamErrorResponse, "description": "stream_unknown, bar_out_of_order or bar_conflict"},
+}
+StreamId = Annotated[str, Path(min_length=1, max_length=STREAM_ID_MAX_LENGTH, pattern=STREAM_ID_PATTERN,
+                               description=STREAM_ID_DESCRIPTION, examples=["AAPL-1m"])]
+
+
+def add_stream_routes(
+    api: FastAPI, streams_of: Callable[[], Any], serve: ServeConfig, takes_json: dict[str, Any],
+    started: Callable[[Request], float],
+) -> None:
+    """`streams_of()`: the service's StreamService (looked up per request: a fake service without one still
+    builds the app). `takes_json`: the JSON-body dependency and its documented 415; `started`: the request's
+    arrival time, as for /v1/predict."""
+    path = STREAMS_PREFIX + "/{stream_id}"
+    appends_json = {**takes_json, "responses": {**takes_json["responses"], **CONFLICT_RESPONSES}}
+
+    @api.put(path, response_model=StreamDecision, summary="Create or reset a stream from its history",
+             description=create_description(serve), **takes_json)
+    async def create_stream(
+        stream_id: StreamId, request: Annotated[StreamCreate, Body(openapi_examples=create_examples())],
+        http_request: Request,
+    ) -> StreamDecision:
+        return await streams_of().create(stream_id, request, started(http_request))
+
+    @api.post(path + "/bars", response_model=StreamDecision, summary="New bars in, a decision for the newest out",
+              description=APPEND_DESCRIPTION, **appends_json)
+    async def append_bars(
+        stream_id: StreamId, request: Annotated[StreamBars, Body(openapi_examples=append_examples())],
+        http_request: Request,
+    ) -> StreamDecision:
+        return await streams_of().append(stream_id, request, started(http_request))
+
+    @api.get(path, response_model=StreamInfo, summary="A stream's state", description=GET_DESCRIPTION,
+             responses=CONFLICT_RESPONSES)
+    async def describe_stream(stream_id: StreamId) -> StreamInfo:
+        return streams_of().describe(stream_id)
+
+    @api.delete(path, response_model=StreamDeleted, summary="Forget a stream", description=DELETE_DESCRIPTION)
+    async def delete_stream(stream_id: StreamId) -> StreamDeleted:
+        return streams_of().delete(stream_id)
+
+    @api.exception_handler(StreamConflict)
+    async def conflict(_: Request, error: StreamConflict) -> JSONResponse:
+        body = StreamErrorResponse(error=error.error, detail=error.detail, bars_needed=error.bars_needed)
+        return JSONResponse(body.model_dump(), status_code=409)
+
+
+def create_description(serve: ServeConfig) -> str:
+    return (
+        "`bars` (either layout of /v1/predict, same checks and 422s): at least `bars_needed` (GET /v1/model); the "
+        "stream keeps the last `bars_needed`. Optional: `timestamps` (one per bar, increasing), `position`, and "
+        "`max_segments` / `deadline_ms`, which the stream's later requests default to. A PUT on an existing stream "
+        "resets it. The answer is /v1/predict's for these bars, plus `stream_id` and `bars_seen`.\n\n"
+        f"Streams live in the replica that answered: one idle for {serve.stream_idle_s:g} s (serve.stream_idle_s) "
+        f"is dropped, and past {serve.max_streams} streams (serve.max_streams) the least recently used goes. A "
+        "request that reaches a replica without the stream gets 409 `stream_unknown` with `bars_needed`: PUT it "
+        "again (the Python client, `hrm_platform.serving.client.StreamClient`, does so from its own buffer)."
+    )
+
+
+APPEND_DESCRIPTION = (
+    "One or more new `bars`, oldest first; the answer is /v1/predict's for the stream's last `bars_needed` bars "
+    "after them (equal to it: the same checks, cache and engine call), plus `stream_id` and `bars_seen`. "
+    "`position`, when given, replaces the stream's; `max_segments` / `deadline_ms` apply to this request only.\n\n"
+    "With `timestamps`, a bar at or before the stream's newest one is skipped when the stream holds it with the "
+    "same values (a retried request is idempotent), and refused with 409 otherwise: `bar_out_of_order` (older than "
+    "the newest) or `bar_conflict` (same timestamp, other values). Without timestamps every bar is new. "
+    "409 `stream_unknown` (with `bars_needed`): this replica holds no such stream; PUT it again."
+)
+GET_DESCRIPTION = (
+    "The stream's bar counts, position and budget defaults, newest timestamp and idle time, without touching it "
+    "(it still expires). 409 `stream_unknown` when this replica does not hold it."
+)
+DELETE_DESCRIPTION = (
+    "Drops the stream from the replica that answers; `deleted` is false when it held none (deleting twice is "
+    "fine). An undeleted stream expires after serve.stream_idle_s without requests."
+)
