@@ -50,7 +50,11 @@ TRAIN_OVERRIDES = [f"train.epochs={EPOCHS}", "train.max_train_batches=8", "train
 EXACT_KEYS = ("epoch", "step", "train_loss", "train_loss_per_segment", "train_accuracy", "val_accuracy",
               "param_fingerprints")
 TRAIN_TIMEOUT_S = 240.0
-ELASTIC_EPOCHS = 8  # the node joins after epoch 1; Train resizes within seconds, before the run can end
+ELASTIC_EPOCHS = 12  # the node joins after epoch 1; Train resizes within seconds, before the run can end
+# Longer epochs for the elastic run: Ray Data's autoscaling coordinator (what elastic Train asks for room) may have
+# been started by an earlier run, or restarted with a lost node, without the test's short tick; at its default
+# 20 s tick the run must still be going when it sees the joined node (in a full suite, 8 short epochs ended first).
+ELASTIC_BATCHES = 40
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +181,7 @@ def test_elastic_run_starts_on_one_node_and_grows_when_a_second_joins(cluster: L
     driver = start_driver("train", {
         "address": cluster.address, "elastic_resize_interval_s": 1.0,
         "overrides": [*TRAIN_OVERRIDES, f"train.epochs={ELASTIC_EPOCHS}", "train.num_workers=[1, 2]",
+                      f"train.max_train_batches={ELASTIC_BATCHES}",
                       f"train.storage_path={tmp_path}", "train.name=elastic"],
     })
     wait_until(lambda: _registered(run_dir, epoch=1), TRAIN_TIMEOUT_S, "the first checkpoint", poll_s=0.05)

@@ -67,10 +67,12 @@ def test_gpu_replica_guards_its_gpu_memory(gpu_node, monkeypatch):
     import ray
 
     monkeypatch.setattr(ray, "get", lambda value: value)
-    gpu_node.gpu_bytes[0] = 2048 * MIB
-    guard = MemoryGuard(limit_gb=1.0, soft_fraction=0.9, stale_after_s=60.0)  # the GPU bytes pass it, RSS does not
+    rss = MemoryReader().read().rss_bytes  # this pytest process's: grows with the tests run before
+    limit_bytes = 2 * rss
+    gpu_node.gpu_bytes[0] = 2 * limit_bytes
+    guard = MemoryGuard(limit_gb=limit_bytes / 2**30, soft_fraction=0.9, stale_after_s=60.0)  # GPU bytes pass it
     monitor = ReplicaMemoryMonitor(_LocalGuard(guard), "gpu-replica", cleanup_cooldown_s=3600)
-    assert monitor.check(engine=None) == "ok"  # no model yet: nothing on the GPU, RSS (~0.3 GiB) guarded
+    assert monitor.check(engine=None) == "ok"  # no model yet: nothing on the GPU, RSS (half the limit) guarded
     assert monitor.last_reading.gpu_bytes is None
     assert monitor.check(engine=_engine_on("cuda:0")) == "shed"
-    assert monitor.last_reading.gpu_bytes == 2048 * MIB == monitor.last_reading.guarded_bytes
+    assert monitor.last_reading.gpu_bytes == 2 * limit_bytes == monitor.last_reading.guarded_bytes
