@@ -22,6 +22,11 @@ import torch
 from hrm_platform.config import load_config
 from hrm_platform.data.dataset import build_datasets
 
+try:  # this tree: the epoch loop reads a TrainingData (training/data_source.py)
+    from hrm_platform.training.data_source import InMemoryData
+except ImportError:  # an older source root: train_epoch(run, dataset, sampler, config, collective)
+    InMemoryData = None
+
 try:  # this tree: one module per concept
     from hrm_platform.training.batches import batches_per_epoch, make_sampler
     from hrm_platform.training.collective import Collective
@@ -90,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _epoch(run, bundle, sampler, config, collective, batches: int) -> dict:
     config.train.max_train_batches = batches
-    return train_epoch(run, bundle.train, sampler, config, collective)
+    if InMemoryData is None:
+        return train_epoch(run, bundle.train, sampler, config, collective)
+    return train_epoch(run, InMemoryData(bundle, collective, config), config, collective)
 
 
 def _profile(run, bundle, sampler, config, collective, device: torch.device, path: Path) -> None:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hrm_platform.config import ConfigError, PlatformConfig, ServeConfig, load_config
+from hrm_platform.config import PARQUET_ROWS_PER_FILE, ConfigError, PlatformConfig, ServeConfig, load_config
 
 DEMO_PRESET = Path("jobs/configs/demo.yaml")  # relative to the repository root, where `make demo` runs
 PACKAGE = "hrm-platform"  # the distribution whose version `hrm --version` prints
@@ -81,8 +81,9 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_data_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data", type=Path, default=None, metavar="FILE",
-        help="OHLCV CSV/Parquet instead of the synthetic market (= data.source=file data.path=FILE)",
+        "--data", default=None, metavar="FILE",
+        help="OHLCV CSV/Parquet file, or a partitioned-Parquet market folder or URI, instead of the synthetic "
+        "market (= data.source=file data.path=FILE)",
     )
 
 
@@ -95,6 +96,11 @@ def _config(args: argparse.Namespace) -> PlatformConfig:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
+    if args.to_parquet is not None:
+        return _data_to_parquet(args)
+    if args.rows_per_file is not None:
+        print("hrm data: --rows-per-file goes with --to-parquet DIR", file=sys.stderr)
+        return 2
     from hrm_platform.data.dataset import build_datasets, describe_datasets
 
     try:
@@ -106,8 +112,21 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_to_parquet(args: argparse.Namespace) -> int:
+    from hrm_platform.data.parquet_export import export_market
+
+    rows_per_file = PARQUET_ROWS_PER_FILE if args.rows_per_file is None else args.rows_per_file
+    try:
+        print(export_market(_config(args).data, args.to_parquet, rows_per_file))
+    except (ValueError, OSError) as error:  # OHLCVError, a non-empty DIR, a bucket that cannot be written
+        print(f"hrm data: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     config = _config(args)  # a bad override fails before torch and Ray are imported
+    from hrm_platform.data.ohlcv import OHLCVError
     from hrm_platform.training.trainer import TrainingError, print_summary, run_training
 
     try:
@@ -115,6 +134,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as error:
         print(f"hrm train: {error}", file=sys.stderr)
         return 1
+    except OHLCVError as error:  # data.loader=ray_data checks every file on the driver before training starts
+        print(f"hrm train: {error}", file=sys.stderr)
+        return 2
     print_summary(summary, as_json=args.json)
     return 0
 
@@ -278,6 +300,15 @@ def _build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="build the datasets and print a summary")
     _add_config_args(data)
     _add_data_arg(data)
+    data.add_argument(
+        "--to-parquet", metavar="DIR|URI", default=None,
+        help="write the market as partitioned Parquet (DIR/symbol=<SYMBOL>/part-*.parquet, data/parquet.py) into a "
+        "new or empty folder or URI, for data.path=DIR (data.loader=ray_data reads it one instrument per task)",
+    )
+    data.add_argument(
+        "--rows-per-file", type=int, default=None, metavar="N",
+        help=f"rows per part file with --to-parquet (default: {PARQUET_ROWS_PER_FILE:,})",
+    )
     data.set_defaults(handler=_cmd_data)
 
     train = commands.add_parser("train", help="train on an embedded local Ray cluster")

@@ -25,11 +25,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+PARQUET_ROWS_PER_FILE = 100_000  # rows per part file that `hrm data --to-parquet DIR` writes
+RAY_DATA_CPUS = 1  # logical CPUs an embedded cluster adds beside the training workers for data.loader=ray_data's tasks
+
+
 class DataConfig(_Strict):
     """Where bars come from and how they become windows and labels."""
 
     source: Literal["synthetic", "file"] = "synthetic"
-    path: Path | None = Field(None, description="OHLCV CSV or Parquet file when source='file'")
+    path: str | None = Field(
+        None,
+        description="when source='file': an OHLCV CSV or Parquet file, or a partitioned-Parquet market folder or "
+        "URI (DIR/symbol=<SYMBOL>/part-*.parquet, as `hrm data --to-parquet DIR` writes; s3://, gs://, ...)",
+    )
+    loader: Literal["memory", "ray_data"] = Field(
+        "memory",
+        description="memory: every training worker builds the whole dataset in its RAM (small data, fastest start); "
+        "ray_data: Ray Data tasks read a partitioned-Parquet data.path one instrument per task and stream windows "
+        "to each worker's shard (data beyond one machine's memory; data/ray_data.py)",
+    )
+    block_windows: int = Field(1024, ge=1, description="ray_data: windows per block a Ray Data task yields")
+    shuffle_buffer: int = Field(
+        8192, ge=0, description="ray_data: windows in each worker's local shuffle buffer (0 = stream order)"
+    )
+    prefetch_batches: int = Field(2, ge=0, description="ray_data: batches each worker prepares ahead")
     n_instruments: int = Field(4, ge=1, le=256, description="synthetic instruments")
     n_bars: int = Field(6000, ge=200, description="synthetic bars per instrument")
     seed: int = 7
@@ -70,6 +89,11 @@ class DataConfig(_Strict):
     def _check(self) -> DataConfig:
         if self.source == "file" and self.path is None:
             raise ValueError("data.path is required when data.source='file'")
+        if self.loader == "ray_data" and self.source != "file":
+            raise ValueError(
+                "data.loader=ray_data reads a partitioned-Parquet market: write this one with "
+                "`hrm data --to-parquet DIR`, then set data.source=file data.path=DIR"
+            )
         if self.fold is not None and self.fold >= self.folds:
             raise ValueError(f"data.fold={self.fold} must be below data.folds={self.folds}")
         if self.val_fraction + self.test_fraction >= 0.8:

@@ -31,3 +31,14 @@ def init_local_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> N
         address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
         logging_level=logging.INFO if log_to_driver else logging.ERROR,
     )
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's INFO lines (execution plans, progress tables) and progress bars off in this process, for a
+    command whose own lines are the output (`data.loader: ray_data` without --verbose)."""
+    import logging
+
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -30,18 +29,13 @@ from typing import TYPE_CHECKING, NoReturn
 from hrm_platform.checkpoint import MANIFEST_FILE, CheckpointError, file_sha256, load_manifest
 from hrm_platform.config import ServeConfig
 from hrm_platform.serving.manifest import SERVING_DIR, SERVING_MANIFEST
+from hrm_platform.uri import is_uri
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
 DEFAULT_CACHE_DIR: str = ServeConfig.model_fields["checkpoint_cache_dir"].default
 _SERVING_MANIFEST_PATH = f"{SERVING_DIR}/{SERVING_MANIFEST}"  # inside a checkpoint directory
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_uri(location: str | Path) -> bool:
-    """`scheme://...` given as a string. A Path never is one: Path("s3://b/k") has already become "s3:/b/k"."""
-    return isinstance(location, str) and bool(_URI.match(location))
 
 
 def checkpoint_location(location: str | Path) -> str:

@@ -265,8 +265,8 @@ def _record_node_ids(fit: ModuleType) -> None:
 
     real_train_epoch = fit.train_epoch
 
-    def train_epoch_with_node_ids(run, dataset, sampler, config, collective, *rest, **options):
-        metrics = real_train_epoch(run, dataset, sampler, config, collective, *rest, **options)
+    def train_epoch_with_node_ids(run, data, config, collective, *rest, **options):
+        metrics = real_train_epoch(run, data, config, collective, *rest, **options)
         metrics["node_ids"] = collective.gather_objects(ray.get_runtime_context().get_node_id())
         return metrics
 

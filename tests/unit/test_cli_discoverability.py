@@ -74,7 +74,7 @@ def test_config_keys_lists_every_key_with_default_and_description(capsys: pytest
     assert listed == every_key
     assert re.search(r"^  data\.window +64 +bars per model input window$", out, flags=re.MULTILINE)
     assert re.search(r"^  serve\.cuda_graph_buckets +\[1, 8, 32, 128, 512\] +batch sizes", out, flags=re.MULTILINE)
-    assert re.search(r"^  data\.path +null +OHLCV CSV or Parquet", out, flags=re.MULTILINE)
+    assert re.search(r"^  data\.path +null +when source=.file.: an OHLCV CSV or Parquet file", out, flags=re.MULTILINE)
     assert "\ntrain: Optimisation, Ray Train scaling and checkpointing.\n" in out
 
 
@@ -139,4 +139,4 @@ def test_train_accepts_data_file_like_data_and_demo(tmp_path: Path) -> None:
     for command in ("train", "data", "demo"):
         args = cli._build_parser().parse_args([command, "--data", str(bars), "data.window=32"])
         data = cli._config(args).data
-        assert (data.source, data.path, data.window) == ("file", bars, 32)
+        assert (data.source, data.path, data.window) == ("file", str(bars), 32)

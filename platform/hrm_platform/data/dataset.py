@@ -41,7 +41,7 @@ from hrm_platform.data.features import (
     compute_features,
     rolling_volatility,
 )
-from hrm_platform.data.frequency import BarFrequency, resolve_frequency
+from hrm_platform.data.frequency import BarFrequency, BarSpan, resolve_frequency
 from hrm_platform.data.market import REGIME_NAMES, SyntheticMarket, generate_market
 from hrm_platform.data.ohlcv import BAR_COLUMNS, load_ohlcv
 
@@ -126,16 +126,8 @@ class DatasetBundle:
 
     def description(self) -> dict[str, object]:
         """What the data was, for a checkpoint's manifest: source, instruments, spans, splits, frequency."""
-        return {
-            "source": self.source,
-            "symbols": list(self.symbols),
-            "bars": {symbol: len(frame) for symbol, frame in self.bars.items()},
-            "first_bar": {symbol: str(frame.index[0]) for symbol, frame in self.bars.items()},
-            "last_bar": {symbol: str(frame.index[-1]) for symbol, frame in self.bars.items()},
-            "split_ends": {symbol: {name: list(bounds) for name, bounds in ranges.items()}
-                           for symbol, ranges in self.split_ends.items()},
-            "frequency": None if self.frequency is None else self.frequency.to_dict(),
-        }
+        spans = {symbol: BarSpan.of(frame.index) for symbol, frame in self.bars.items()}
+        return describe_data(self.source, spans, self.split_ends, self.frequency)
 
     def split(self, name: str) -> WindowDataset:
         if name not in SPLITS:
@@ -146,6 +138,42 @@ class DatasetBundle:
         """Share of the most frequent action in a split (the accuracy of always predicting it)."""
         counts = self.split(split).action_counts()
         return float(counts.max() / counts.sum()) if counts.sum() else float("nan")
+
+
+def describe_data(
+    source: str, spans: dict[str, BarSpan], split_ends: dict[str, dict[str, tuple[int, int]]],
+    frequency: BarFrequency | None,
+) -> dict[str, object]:
+    """A checkpoint manifest's `data` entry, from either loader (`data.loader` memory or ray_data)."""
+    return {
+        "source": source,
+        "symbols": sorted(spans),
+        "bars": {symbol: span.count for symbol, span in spans.items()},
+        "first_bar": {symbol: str(span.first) for symbol, span in spans.items()},
+        "last_bar": {symbol: str(span.last) for symbol, span in spans.items()},
+        "split_ends": {symbol: {name: list(bounds) for name, bounds in ranges.items()}
+                       for symbol, ranges in split_ends.items()},
+        "frequency": None if frequency is None else frequency.to_dict(),
+    }
+
+
+@dataclass
+class InstrumentArrays:
+    """One instrument's per-bar arrays, as both loaders build them."""
+
+    features: np.ndarray  # (T, F) float32, not yet normalised; NaN rows before LOOKBACK
+    actions: np.ndarray  # (T,) int64
+    quantities: np.ndarray  # (T,) float32
+    forward_log_return: np.ndarray  # (T,) float64, NaN where no label
+    ranges: dict[str, tuple[int, int]]  # split -> end-bar range [start, stop)
+
+
+def instrument_arrays(symbol: str, frame: pd.DataFrame, config: DataConfig) -> InstrumentArrays:
+    """Bars of one instrument (BAR_COLUMNS on a sorted DatetimeIndex) -> features, labels and split ranges."""
+    values = frame[list(BAR_COLUMNS)].to_numpy(dtype=np.float64)  # (T, 5)
+    actions, quantities, forward = label_actions(values[:, 3], config.horizon, config.label_threshold)
+    ranges = instrument_ranges(symbol, values.shape[0], config)
+    return InstrumentArrays(compute_features(values), actions, quantities, forward, ranges)
 
 
 def label_actions(close: np.ndarray, horizon: int, label_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -229,28 +257,30 @@ def min_bars(config: DataConfig) -> int:
     return LOOKBACK + config.window + config.horizon
 
 
-def build_datasets(config: DataConfig, feature_stats: FeatureStats | None = None) -> DatasetBundle:
-    """Bars -> features -> labels -> chronological splits; stats are fitted on train rows unless given."""
-    market = None
+def load_bars(config: DataConfig) -> tuple[dict[str, pd.DataFrame], SyntheticMarket | None]:
+    """symbol -> raw bars, and the synthetic market (its oracle) when that is the source; a file's instruments
+    are checked to be long enough for one window."""
     if config.source == "synthetic":
         market = generate_market(
             config.n_instruments, config.n_bars, config.seed, config.horizon, signal_strength=config.signal_strength
         )
-        bars = market.bars
-    else:
-        bars = load_ohlcv(config.path, min_rows=min_bars(config))
+        return market.bars, market
+    return load_ohlcv(config.path, min_rows=min_bars(config)), None
+
+
+def build_datasets(config: DataConfig, feature_stats: FeatureStats | None = None) -> DatasetBundle:
+    """Bars -> features -> labels -> chronological splits; stats are fitted on train rows unless given."""
+    bars, market = load_bars(config)
     symbols = sorted(bars)
-    raw_features, actions, quantities, forward, ranges = [], [], [], {}, {}
-    for symbol in symbols:
-        values = bars[symbol][list(BAR_COLUMNS)].to_numpy(dtype=np.float64)  # (T, 5)
-        raw_features.append(compute_features(values))  # (T, F) float32, NaN before LOOKBACK
-        action, quantity, forward[symbol] = label_actions(values[:, 3], config.horizon, config.label_threshold)
-        actions.append(action)
-        quantities.append(quantity)
-        ranges[symbol] = _instrument_ranges(symbol, values.shape[0], config)
+    arrays = [instrument_arrays(symbol, bars[symbol], config) for symbol in symbols]
+    raw_features = [one.features for one in arrays]  # (T_i, F) float32, NaN before LOOKBACK
+    actions, quantities = [one.actions for one in arrays], [one.quantities for one in arrays]
+    forward = {symbol: one.forward_log_return for symbol, one in zip(symbols, arrays)}
+    ranges = {symbol: one.ranges for symbol, one in zip(symbols, arrays)}
     if feature_stats is None:
-        train_ranges = [ranges[symbol]["train"] for symbol in symbols]
-        feature_stats = FeatureStats.fit(_train_rows(raw_features, train_ranges, config.window))
+        feature_stats = FeatureStats.fit(
+            [train_feature_rows(one.features, one.ranges["train"], config.window) for one in arrays]
+        )
     features = [feature_stats.apply(rows, out=rows) for rows in raw_features]  # normalised in place, (T_i, F)
     splits = {
         name: WindowDataset(
@@ -274,7 +304,7 @@ def build_datasets(config: DataConfig, feature_stats: FeatureStats | None = None
     )
 
 
-def _instrument_ranges(symbol: str, n_bars: int, config: DataConfig) -> dict[str, tuple[int, int]]:
+def instrument_ranges(symbol: str, n_bars: int, config: DataConfig) -> dict[str, tuple[int, int]]:
     try:
         if config.fold is not None:
             return fold_ranges(
@@ -288,9 +318,10 @@ def _instrument_ranges(symbol: str, n_bars: int, config: DataConfig) -> dict[str
         raise ValueError(f"instrument {symbol}: {error}") from None
 
 
-def _train_rows(features: list[np.ndarray], train_ranges: list[tuple[int, int]], window: int) -> list[np.ndarray]:
-    """The feature rows that train windows read: (rows_i, F) per instrument."""
-    return [rows[start - window + 1 : stop] for rows, (start, stop) in zip(features, train_ranges)]
+def train_feature_rows(features: np.ndarray, train_range: tuple[int, int], window: int) -> np.ndarray:
+    """The (rows, F) feature rows of one instrument that its train windows read (what the stats are fitted on)."""
+    start, stop = train_range
+    return features[start - window + 1 : stop]
 
 
 def _split_index(ranges: list[tuple[int, int]]) -> np.ndarray:

@@ -121,11 +121,14 @@ class FeatureStats:
     def fit(cls, feature_rows: list[np.ndarray]) -> FeatureStats:
         """Fit on a list of (T_i, F) arrays of finite rows (the train split of each instrument)."""
         count = sum(rows.shape[0] for rows in feature_rows)
-        if count == 0:
-            raise ValueError("cannot fit feature statistics on zero rows")
-        mean = sum(block.sum(axis=0) for block in _float64_blocks(feature_rows)) / count
-        square = sum(((block - mean) ** 2).sum(axis=0) for block in _float64_blocks(feature_rows))
-        std = np.sqrt(square / count)
+        mean = combine_block_sums([block_sums(rows) for rows in feature_rows], count)
+        square = combine_block_sums([block_sums(rows, center=mean) for rows in feature_rows], count)
+        return cls.from_moments(mean, square)
+
+    @classmethod
+    def from_moments(cls, mean: np.ndarray, mean_square_deviation: np.ndarray) -> FeatureStats:
+        """(F,) mean and (F,) mean squared deviation -> stats; a constant feature gets std 1."""
+        std = np.sqrt(mean_square_deviation)
         return cls(mean=mean, std=np.where(std > _TINY, std, 1.0))
 
     def apply(self, features: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -197,11 +200,25 @@ class FeatureSpec:
         return spec
 
 
-def _float64_blocks(feature_rows: list[np.ndarray]):
-    """Yield (rows, F) float64 blocks of at most CHUNK rows."""
-    for rows in feature_rows:
-        for start in range(0, rows.shape[0], CHUNK):
-            yield rows[start : start + CHUNK].astype(np.float64)
+def block_sums(rows: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
+    """(T, F) rows -> (ceil(T / CHUNK), F) float64: per block of CHUNK rows, the sum of the rows (or, with
+    `center`, of their squared deviations from it).
+
+    The statistics are fitted from these partial sums, added in instrument order by `combine_block_sums`, so
+    an in-memory fit and a distributed one (Ray Data, one task per instrument) give the same bits.
+    """
+    sums = []
+    for start in range(0, rows.shape[0], CHUNK):
+        block = rows[start : start + CHUNK].astype(np.float64)  # (rows, F)
+        sums.append((block if center is None else (block - center) ** 2).sum(axis=0))
+    return np.stack(sums) if sums else np.zeros((0, rows.shape[-1]), dtype=np.float64)
+
+
+def combine_block_sums(per_instrument: list[np.ndarray], count: int) -> np.ndarray:
+    """Instrument-ordered (blocks_i, F) partial sums -> (F,) mean over `count` rows, always added in one order."""
+    if count == 0:
+        raise ValueError("cannot fit feature statistics on zero rows")
+    return sum(block for sums in per_instrument for block in sums) / count
 
 
 def window_from_bars(bars: np.ndarray, spec: FeatureSpec) -> np.ndarray:

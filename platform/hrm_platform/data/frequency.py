@@ -44,24 +44,42 @@ class BarFrequency:
         return f"{_round(self.bars_per_year)} bars per year ({how})"
 
 
+@dataclass(frozen=True)
+class BarSpan:
+    """An instrument's bar count and first and last timestamps: all the frequency needs (what a Ray Data task
+    sends back instead of the bars)."""
+
+    count: int
+    first: pd.Timestamp
+    last: pd.Timestamp
+
+    @classmethod
+    def of(cls, index: pd.DatetimeIndex) -> BarSpan:
+        return cls(len(index), index[0], index[-1])
+
+    def bars_per_year(self) -> float | None:
+        """(T - 1) bar intervals per 365.25 days; None for fewer than 2 distinct times."""
+        span_days = (self.last - self.first).total_seconds() / 86400.0
+        if self.count < 2 or span_days <= 0:
+            return None
+        return (self.count - 1) / (span_days / DAYS_PER_YEAR)
+
+
 def instrument_bars_per_year(index: pd.DatetimeIndex) -> float | None:
     """(T - 1) bar intervals per 365.25 days of this instrument's span; None for fewer than 2 distinct times."""
-    if len(index) < 2:
-        return None
-    span_days = (index[-1] - index[0]).total_seconds() / 86400.0
-    if span_days <= 0:
-        return None
-    return (len(index) - 1) / (span_days / DAYS_PER_YEAR)
+    return BarSpan.of(index).bars_per_year() if len(index) else None
 
 
-def infer_bars_per_year(bars: Mapping[str, pd.DataFrame]) -> float | None:
-    """The median over instruments of `instrument_bars_per_year`; None when no instrument can tell."""
-    values = [value for frame in bars.values() if (value := instrument_bars_per_year(frame.index)) is not None]
+def infer_bars_per_year(bars: Mapping[str, pd.DataFrame | BarSpan]) -> float | None:
+    """The median over instruments of their bars per year; None when no instrument can tell."""
+    spans = [value if isinstance(value, BarSpan) else BarSpan.of(value.index) for value in bars.values()
+             if isinstance(value, BarSpan) or len(value.index)]
+    values = [value for span in spans if (value := span.bars_per_year()) is not None]
     return float(np.median(values)) if values else None
 
 
 def resolve_frequency(
-    bars: Mapping[str, pd.DataFrame], override: float | None, stated: float | None = None
+    bars: Mapping[str, pd.DataFrame | BarSpan], override: float | None, stated: float | None = None
 ) -> BarFrequency:
     """The frequency to annualise with: the override if given and plausible, else the stated or inferred one.
 

@@ -4,7 +4,8 @@ Accepted layouts (column names in any case; spaces and dashes count as underscor
 - pandas `to_csv()` of a frame with a DatetimeIndex: the first column is the unnamed date;
 - `Date,Open,High,Low,Close,Adj Close,Volume` (extra columns such as adj_close are ignored);
 - either of the above plus a `symbol` (or `ticker`) column, for several instruments in one file;
-- Parquet with the timestamp as a column or as the frame's DatetimeIndex.
+- Parquet with the timestamp as a column or as the frame's DatetimeIndex;
+- a partitioned-Parquet market: a folder or URI of `symbol=<SYMBOL>/part-*.parquet` (read by `parquet.py`).
 
 Timestamps without a time zone are taken as UTC. Rows come back sorted by time per symbol. Every rejection
 is an `OHLCVError` naming the file, the row (the n-th data row, header not counted; for CSV also the line)
@@ -90,8 +91,14 @@ def _price_jump_checks(values: np.ndarray, max_ratio: float) -> list[tuple[np.nd
     ]
 
 
-def load_ohlcv(path: Path, min_rows: int = 1) -> dict[str, pd.DataFrame]:
-    """symbol -> frame of BAR_COLUMNS (float64) on a sorted UTC DatetimeIndex; symbol = file stem if no column."""
+def load_ohlcv(path: str | Path, min_rows: int = 1) -> dict[str, pd.DataFrame]:
+    """symbol -> frame of BAR_COLUMNS (float64) on a sorted UTC DatetimeIndex; symbol = file stem if no column.
+    A folder or a URI string (s3://...) is a partitioned-Parquet market, read part by part as Ray Data reads it."""
+    if (isinstance(path, str) and "://" in path) or Path(path).is_dir():
+        from hrm_platform.data.parquet import list_instrument_files, read_instrument  # it imports this module
+
+        files = list_instrument_files(str(path))
+        return {symbol: read_instrument(symbol, parts, min_rows) for symbol, parts in files.items()}
     path = Path(path)
     table = _read_table(path)
     label = _RowLabel(path)

@@ -79,7 +79,7 @@ EVALUATION_OVERRIDE_SECTIONS = ("eval", "data", "baselines")  # the model and it
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, out_dir: Path, data_path: Path | None = None, overrides: Sequence[str] = ()
+    checkpoint: Path, out_dir: Path, data_path: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> EvaluationReport:
     """Backtest `checkpoint` and the baselines on the test split; write out_dir/metrics.json, the PNGs, report.md.
 

@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from torch import Tensor
-from torch.utils.data import DistributedSampler
 
 from hrm_platform.config import PlatformConfig
-from hrm_platform.data.dataset import WindowDataset
 from hrm_platform.model.act import SegmentStepMetrics, deep_supervision_step
 from hrm_platform.model.flops import training_flops_per_sample_segment
-from hrm_platform.training.batches import batches_per_epoch, iterate_batches
 from hrm_platform.training.collective import Collective
+from hrm_platform.training.data_source import TrainingData
 from hrm_platform.training.prefetch import on_device
 from hrm_platform.training.state import TrainingRun
 from hrm_platform.training.throughput import throughput_figures
@@ -89,25 +88,22 @@ class _EpochTotals:
 
 def train_epoch(
     run: TrainingRun,
-    dataset: WindowDataset,
-    sampler: DistributedSampler,
+    data: TrainingData,
     config: PlatformConfig,
     collective: Collective,
     after_first_step: Callable[[float, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train epoch `run.epoch + 1` on this rank's shard; returns metrics reduced over all ranks.
+    """Train epoch `run.epoch + 1` on this rank's shard of `data`; returns metrics reduced over all ranks.
 
     `after_first_step(seconds, n_batches)` is called once, after the epoch's first step (the slow-start warning).
     """
     epoch = run.epoch + 1
     train = config.train
-    sampler.set_epoch(epoch)
-    positions = list(sampler)
-    n_batches = batches_per_epoch(len(positions), train.batch_size, train.max_train_batches)
     totals = _EpochTotals(config.model.max_segments)
     run.model.train()
     started = time.perf_counter()
-    batches = iterate_batches(dataset, positions, train.batch_size, n_batches)
+    n_batches, batches = data.train_batches(epoch)
+    process, rss_peak = psutil.Process(), 0  # this worker's resident memory, sampled after every step
     graph_steps = train.compile and train.compile_mode == "reduce-overhead"
     for windows, actions, quantities in on_device(batches, run.device):
         if graph_steps:  # a new batch: the previous batch's graph outputs may be overwritten from here on
@@ -131,11 +127,12 @@ def train_epoch(
         if run.first_step_unix is None:
             run.first_step_unix = time.time()
         totals.add(step_metrics, windows.shape[0])
+        rss_peak = max(rss_peak, process.memory_info().rss)
         if after_first_step is not None and totals.batches == 1:
             after_first_step(time.perf_counter() - started, n_batches)
     elapsed = time.perf_counter() - started
     run.epoch = epoch
-    return _reduce_epoch_metrics(run, totals, elapsed, collective, train.peak_tflops)
+    return _reduce_epoch_metrics(run, totals, elapsed, rss_peak / 2**20, collective, train.peak_tflops)
 
 
 def _stop_on_non_finite_loss(losses: list[float], epoch: int, step: int, collective: Collective) -> None:
@@ -152,12 +149,14 @@ def _stop_on_non_finite_loss(losses: list[float], epoch: int, step: int, collect
 
 
 def _reduce_epoch_metrics(
-    run: TrainingRun, totals: _EpochTotals, elapsed: float, collective: Collective, peak_tflops: float | None
+    run: TrainingRun, totals: _EpochTotals, elapsed: float, rss_peak_mb: float, collective: Collective,
+    peak_tflops: float | None,
 ) -> dict[str, Any]:
     summed = collective.sum(totals.as_tensor()).numpy()
     (loss, active, accuracy, counts), scalars = _EpochTotals.split(summed, totals.max_segments)
     final_accuracy, segments_used, segments_run, batches, samples, sample_segments = scalars
-    slowest_s, peak_mb = collective.max(torch.tensor([elapsed, peak_memory_mb(run.device)], dtype=torch.float64)).tolist()
+    largest = collective.max(torch.tensor([elapsed, peak_memory_mb(run.device), rss_peak_mb], dtype=torch.float64))
+    slowest_s, peak_mb, rss_peak_mb = largest.tolist()
     hrm = run.hrm
     flops = float(sample_segments) * training_flops_per_sample_segment(hrm.config, hrm.window, hrm.n_features)
     speed = throughput_figures(flops, slowest_s, run.device, collective.world_size, peak_tflops)
@@ -178,6 +177,7 @@ def _reduce_epoch_metrics(
         "achieved_tflops": speed["achieved_tflops"],  # all ranks together
         "mfu": speed["mfu"],  # against the dense bf16 peak of every device; None on CPU
         "peak_memory_mb": peak_mb,
+        "rss_peak_mb": rss_peak_mb,  # the largest resident set of any rank during the epoch's steps (data included)
         "world_size": collective.world_size,
         "distributed_backend": collective.backend,
     }

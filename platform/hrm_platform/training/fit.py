@@ -1,7 +1,7 @@
 """The epoch loop both training paths run: the Ray Train worker (`loop.py`, one process per DDP rank) and
 `train_local` (one process, no Ray). They differ only in where an epoch's checkpoint goes.
 
-    fit(run, bundle, sampler, config, collective, save_epoch=write_and_report, progress=print)
+    fit(run, data, config, collective, save_epoch=write_and_report, progress=print)   # data: data_source.py
 
 Per epoch: train, validate when due, record the weight fingerprint of every rank (and of its weight
 average with train.ema_decay), the resume point and the first step's time, append to the run's history,
@@ -17,11 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from torch.utils.data import DistributedSampler
-
 from hrm_platform.config import PlatformConfig
-from hrm_platform.data.dataset import DatasetBundle
 from hrm_platform.training.collective import Collective
+from hrm_platform.training.data_source import TrainingData
 from hrm_platform.training.epoch import train_epoch
 from hrm_platform.training.progress import format_progress, format_slow_start
 from hrm_platform.training.resume import capture_rng_state, parameter_fingerprint
@@ -36,8 +34,7 @@ SCORE_METRIC = "val_accuracy"  # what "best checkpoint" means, for Ray's Checkpo
 
 def fit(
     run: TrainingRun,
-    bundle: DatasetBundle,
-    sampler: DistributedSampler,
+    data: TrainingData,
     config: PlatformConfig,
     collective: Collective,
     save_epoch: SaveEpoch,
@@ -51,9 +48,9 @@ def fit(
     for _ in range(run.epoch, config.train.epochs):
         first_epoch = run.epoch == resumed_after and progress is not None and collective.rank == 0
         warn_if_slow = (lambda seconds, steps: _warn_if_slow(seconds, steps, config, progress)) if first_epoch else None
-        metrics = train_epoch(run, bundle.train, sampler, config, collective, after_first_step=warn_if_slow)
+        metrics = train_epoch(run, data, config, collective, after_first_step=warn_if_slow)
         if should_validate(run.epoch, config):
-            metrics.update(validate(run, bundle.val, config, collective))
+            metrics.update(validate(run, data, config, collective))
         metrics["param_fingerprints"] = collective.gather_objects(parameter_fingerprint(run.model))
         if run.ema is not None:  # every rank averages its own copy: these must agree too
             metrics["ema_fingerprints"] = collective.gather_objects(parameter_fingerprint(run.ema.model))

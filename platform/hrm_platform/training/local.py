@@ -18,8 +18,8 @@ import torch
 from hrm_platform.checkpoint import MANIFEST_FILE, load_checkpoint, load_manifest
 from hrm_platform.config import PlatformConfig
 from hrm_platform.data.dataset import build_datasets
-from hrm_platform.training.batches import batches_per_epoch, make_sampler
 from hrm_platform.training.collective import Collective
+from hrm_platform.training.data_source import InMemoryData
 from hrm_platform.training.fit import ProgressFn, checkpoint_score, fit
 from hrm_platform.training.resume import checkpoint_name, resume_from, seed_rank, write_checkpoint
 from hrm_platform.training.state import build_model, new_training_run
@@ -33,28 +33,28 @@ def train_local(config: PlatformConfig, out_dir: Path, *, progress: ProgressFn |
     metrics are in the checkpoints' manifests. The best checkpoint is the one with the highest validation
     accuracy; like Ray Train's CheckpointConfig, only the best `train.keep_checkpoints` and the latest are kept.
     """
+    if config.data.loader != "memory":
+        raise ValueError("train_local trains in one process without Ray; data.loader=ray_data needs `hrm train`")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.train.torch_threads)
     device = _device(config)
     collective = Collective(device=device)
-    bundle = build_datasets(config.data)
-    model = build_model(config, bundle.train.n_features).to(device)
-    sampler = make_sampler(bundle.train, collective, config.train.seed)
-    steps_per_epoch = batches_per_epoch(len(sampler), config.train.batch_size, config.train.max_train_batches)
-    run = new_training_run(model, config, device, steps_per_epoch)
+    data = InMemoryData(build_datasets(config.data), collective, config)
+    model = build_model(config, data.n_features).to(device)
+    run = new_training_run(model, config, device, data.steps_per_epoch())
     seed_rank(config.train.seed, rank=0)
     latest = latest_checkpoint(out_dir)
     if latest is not None:
         resume_from(load_checkpoint(latest, with_training_state=True), run, config, rank=0)
 
     def save_epoch(metrics: dict, rng_by_rank: list[dict]) -> None:
-        write_checkpoint(out_dir / checkpoint_name(run.epoch), run, config, bundle, metrics, rng_by_rank)
+        write_checkpoint(out_dir / checkpoint_name(run.epoch), run, config, data, metrics, rng_by_rank)
         _prune(out_dir, config.train.keep_checkpoints)
 
     trackers = open_trackers(config, out_dir, rank=0)  # TensorBoard events in out_dir/tensorboard
     try:
-        fit(run, bundle, sampler, config, collective, save_epoch, progress, trackers)
+        fit(run, data, config, collective, save_epoch, progress, trackers)
     finally:
         trackers.close()
     return best_checkpoint(out_dir)

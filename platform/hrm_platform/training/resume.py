@@ -1,7 +1,7 @@
 """Everything an exact continuation needs: RNG states per rank, optimizer and schedule, the epoch's
 checkpoint, and resuming from one (refusing a checkpoint of another model or data set).
 
-    write_checkpoint(directory, run, config, bundle, metrics, rng_by_rank)
+    write_checkpoint(directory, run, config, data, metrics, rng_by_rank)
     resume_from(load_checkpoint(directory, with_training_state=True), run, config, rank)
 """
 
@@ -19,8 +19,8 @@ from torch import nn
 
 from hrm_platform.checkpoint import CheckpointError, LoadedCheckpoint, save_checkpoint
 from hrm_platform.config import PlatformConfig
-from hrm_platform.data.dataset import DatasetBundle
 from hrm_platform.model.hrm import unwrap_model
+from hrm_platform.training.data_source import DescribesData
 from hrm_platform.training.state import TrainingRun
 
 
@@ -104,7 +104,7 @@ def checkpoint_name(epoch: int) -> str:
 
 
 def write_checkpoint(
-    directory: Path, run: TrainingRun, config: PlatformConfig, bundle: DatasetBundle,
+    directory: Path, run: TrainingRun, config: PlatformConfig, data: DescribesData,
     metrics: dict[str, Any], rng_by_rank: list[dict[str, Any]],
 ) -> Path:
     """The checkpoint of the epoch just finished (weights of the unwrapped HRM, never DDP's `module.` keys, and
@@ -114,8 +114,8 @@ def write_checkpoint(
         directory,
         model_state=run.hrm.state_dict(),
         config=config,
-        feature_spec=bundle.feature_spec,
-        data_description=bundle.description(),
+        feature_spec=data.feature_spec,
+        data_description=data.description(),
         epoch=run.epoch,
         metrics=metrics,
         training_state=training_state(run, rng_by_rank),

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from hrm_platform.checkpoint import load_manifest
-from hrm_platform.config import PlatformConfig, TrainConfig
-from hrm_platform.local_ray import init_local_ray
+from hrm_platform.config import RAY_DATA_CPUS, PlatformConfig, TrainConfig
+from hrm_platform.data.ray_data import STREAMED_SPLITS, StreamedMarket, plan_streamed_market, window_dataset
+from hrm_platform.local_ray import init_local_ray, quiet_ray_data
 from hrm_platform.training.fit import SCORE_METRIC, checkpoint_score
 from hrm_platform.training.loop import FAILURE_KEY, loop_config, train_loop_per_worker
 from hrm_platform.training.progress import relayed_progress
@@ -68,9 +69,12 @@ def build_trainer(config: PlatformConfig, *, progress_queue: Any | None = None) 
     elastic scaling: the worker group starts at what fits (>= min) and restarts at a new size from the latest
     checkpoint when the cluster's room changes (Ray looks every 60 s, and sees a joined node within 20 s)."""
     train = config.train
+    market, datasets = _streamed_datasets(config)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(config, progress_queue),
+        train_loop_config=loop_config(config, progress_queue, market),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=list(datasets)) if datasets else None,
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=train.num_workers,  # an int, or a (min, max) tuple: elastic
@@ -90,6 +94,17 @@ def build_trainer(config: PlatformConfig, *, progress_queue: Any | None = None) 
     )
 
 
+def _streamed_datasets(config: PlatformConfig) -> tuple[StreamedMarket | None, dict[str, Any]]:
+    """data.loader=ray_data: the market planned on the driver (files, statistics, splits) and its train and val
+    window streams, which Ray Train splits into one equal shard per worker. The memory loader: none."""
+    if config.data.loader != "ray_data":
+        return None, {}
+    market = plan_streamed_market(config.data)
+    datasets = {split: window_dataset(market, split, shuffle_seed=config.train.seed if split == "train" else None)
+                for split in STREAMED_SPLITS}
+    return market, datasets
+
+
 def run_training(config: PlatformConfig, quiet: bool = False, verbose: bool = False) -> TrainingSummary:
     """Train on the connected Ray cluster (a job's), or on an embedded local one started and stopped here.
 
@@ -102,7 +117,11 @@ def run_training(config: PlatformConfig, quiet: bool = False, verbose: bool = Fa
     check_run_can_continue(config)
     if not quiet:
         _print_line(start_line(config))
-    with _ray_session(config.train, log_to_driver=verbose), _progress_queue(quiet) as queue:
+    streamed = config.data.loader == "ray_data"
+    data_cpus = RAY_DATA_CPUS if streamed else 0  # room for Ray Data's tasks beside the workers
+    with _ray_session(config.train, log_to_driver=verbose, data_cpus=data_cpus), _progress_queue(quiet) as queue:
+        if streamed and not verbose:
+            quiet_ray_data()
         result = build_trainer(config, progress_queue=queue).fit()
     outcome = result.return_value if isinstance(result.return_value, dict) else {}
     if FAILURE_KEY in outcome:
@@ -137,12 +156,12 @@ def _print_line(line: str) -> None:
 
 
 @contextmanager
-def _ray_session(train: TrainConfig, log_to_driver: bool) -> Iterator[None]:
+def _ray_session(train: TrainConfig, log_to_driver: bool, data_cpus: int = 0) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
     # Never attach to another cluster on this machine; make room for the workers even on a small one.
-    needed_cpus = math.ceil(train.worker_range[1] * train.cpus_per_worker)
+    needed_cpus = math.ceil(train.worker_range[1] * train.cpus_per_worker) + data_cpus
     init_local_ray(num_cpus=max(os.cpu_count() or 1, needed_cpus), log_to_driver=log_to_driver)
     try:
         yield

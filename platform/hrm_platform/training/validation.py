@@ -1,37 +1,33 @@
-"""The validation pass: ACT inference as served, on this rank's strided share of the split, reduced."""
+"""The validation pass: ACT inference as served, on this rank's share of the validation split, reduced."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 
 from hrm_platform.config import PlatformConfig
-from hrm_platform.data.dataset import WindowDataset
 from hrm_platform.model.act import predict
-from hrm_platform.training.batches import iterate_batches
 from hrm_platform.training.collective import Collective
+from hrm_platform.training.data_source import TrainingData
 from hrm_platform.training.state import TrainingRun
 
 VALIDATION_BATCH_FACTOR = 4  # validation runs without gradients: larger batches fit
 
 
-def validate(run: TrainingRun, dataset: WindowDataset, config: PlatformConfig, collective: Collective) -> dict[str, float]:
-    """ACT inference (per-sample halting, as served) on this rank's strided share of the split, reduced.
+def validate(run: TrainingRun, data: TrainingData, config: PlatformConfig, collective: Collective) -> dict[str, float]:
+    """ACT inference (per-sample halting, as served) on this rank's share of the validation split, reduced.
 
     Runs `run.inference_model`: the weights' moving average when train.ema_decay is set, as served.
     """
     hrm = run.inference_model
     was_training = hrm.training
     hrm.eval()
-    positions = list(range(collective.rank, len(dataset), collective.world_size))
     batch_size = config.train.batch_size * VALIDATION_BATCH_FACTOR
-    n_batches = math.ceil(len(positions) / batch_size)
     totals = torch.zeros(4, dtype=torch.float64)  # correct, nll, segments, samples
     autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else contextlib.nullcontext()
     with torch.no_grad(), autocast:
-        for windows, actions, _ in iterate_batches(dataset, positions, batch_size, n_batches):
+        for windows, actions, _ in data.val_batches(batch_size):
             windows, actions = windows.to(run.device), actions.to(run.device)
             result = predict(hrm, windows)
             chosen = result.probabilities.gather(1, actions[:, None])[:, 0].clamp_min(1e-12)  # (B,)

@@ -25,8 +25,8 @@ from hrm_platform.data.features import FEATURE_NAMES
 from hrm_platform.model.hrm import HRM, unwrap_model
 from hrm_platform.training import epoch as epoch_module
 from hrm_platform.training import validation as validation_module
-from hrm_platform.training.batches import make_sampler
 from hrm_platform.training.collective import Collective
+from hrm_platform.training.data_source import InMemoryData
 from hrm_platform.training.epoch import train_epoch
 from hrm_platform.training.local import train_local
 from hrm_platform.training.state import build_model, new_training_run
@@ -64,8 +64,7 @@ def _trained_run(config: PlatformConfig, monkeypatch: pytest.MonkeyPatch | None 
             return metrics
 
         monkeypatch.setattr(epoch_module, "deep_supervision_step", recording_step)
-    sampler = make_sampler(bundle.train, Collective(), config.train.seed)
-    train_epoch(run, bundle.train, sampler, config, Collective())
+    train_epoch(run, InMemoryData(bundle, Collective(), config), config, Collective())
     return run, bundle, initial, after_batches
 
 
@@ -167,7 +166,7 @@ def test_validation_runs_the_average(ema_config: PlatformConfig, monkeypatch: py
         return real_predict(model, *args, **kwargs)
 
     monkeypatch.setattr(validation_module, "predict", spying_predict)
-    with_average = validate(run, bundle.val, ema_config, Collective())
+    with_average = validate(run, InMemoryData(bundle, Collective(), ema_config), ema_config, Collective())
     assert predicted_with and all(model is run.ema.model for model in predicted_with)
     assert run.hrm.training and not run.ema.model.training  # each left in its own mode
 
@@ -176,6 +175,6 @@ def test_validation_runs_the_average(ema_config: PlatformConfig, monkeypatch: py
     plain = new_training_run(build_model(ema_config, bundle.train.n_features), ema_config, torch.device("cpu"), 3)
     monkeypatch.setattr(validation_module, "predict", real_predict)
     plain.hrm.load_state_dict(run.ema.state_dict())
-    assert validate(plain, bundle.val, ema_config, Collective()) == with_average
+    assert validate(plain, InMemoryData(bundle, Collective(), ema_config), ema_config, Collective()) == with_average
     plain.hrm.load_state_dict(run.hrm.state_dict())
-    assert validate(plain, bundle.val, ema_config, Collective())["val_loss"] != with_average["val_loss"]
+    assert validate(plain, InMemoryData(bundle, Collective(), ema_config), ema_config, Collective())["val_loss"] != with_average["val_loss"]

@@ -10,9 +10,9 @@ import torch
 
 from hrm_platform.checkpoint import load_manifest
 from hrm_platform.data.dataset import build_datasets
-from hrm_platform.training import epoch as epoch_module
-from hrm_platform.training.batches import make_sampler
+from hrm_platform.training import data_source as data_source_module
 from hrm_platform.training.collective import Collective
+from hrm_platform.training.data_source import InMemoryData
 from hrm_platform.training.epoch import train_epoch
 from hrm_platform.training.local import latest_checkpoint, train_local
 from hrm_platform.training.state import build_model, new_training_run
@@ -28,16 +28,16 @@ def short_run(smoke_config):
 
 def _positions_per_epoch(monkeypatch, config, bundle, run, collective, epochs: int) -> list[list[int]]:
     seen: list[list[int]] = []
-    real = epoch_module.iterate_batches
+    real = data_source_module.iterate_batches
 
     def recording(dataset, positions, batch_size, n_batches):
         seen.append(list(positions))
         return real(dataset, positions, batch_size, n_batches)
 
-    monkeypatch.setattr(epoch_module, "iterate_batches", recording)
-    sampler = make_sampler(bundle.train, collective, config.train.seed)
+    monkeypatch.setattr(data_source_module, "iterate_batches", recording)
+    data = InMemoryData(bundle, collective, config)
     for _ in range(epochs):
-        train_epoch(run, bundle.train, sampler, config, collective)
+        train_epoch(run, data, config, collective)
     return seen
 
 
@@ -64,8 +64,8 @@ class TwoIdenticalRanks(Collective):
 
 def test_epoch_metrics_are_reduced_over_ranks(short_run):
     config, bundle, run = short_run
-    sampler = make_sampler(bundle.train, Collective(), config.train.seed)
-    metrics = train_epoch(run, bundle.train, sampler, config, TwoIdenticalRanks(rank=0, world_size=2))
+    ranks = TwoIdenticalRanks(rank=0, world_size=2)
+    metrics = train_epoch(run, InMemoryData(bundle, ranks, config), config, ranks)
     local_samples = config.train.max_train_batches * config.train.batch_size
     assert metrics["samples"] == 2 * local_samples  # summed over ranks
     assert metrics["world_size"] == 2
