@@ -109,7 +109,7 @@ def test_two_workers_stream_equal_shards_in_lockstep(ray_cluster, parquet_market
     for epoch in history:
         assert epoch["world_size"] == 2 and epoch["samples"] == 2 * 4 * config.train.batch_size
         assert epoch["param_fingerprints"][0] == epoch["param_fingerprints"][1]
-        assert 0.0 <= epoch["val_accuracy"] <= 1.0 and epoch["rss_peak_mb"] > 0
+        assert 0.0 <= epoch["val_accuracy"] <= 1.0 and epoch["private_memory_peak_mb"] > 0
     assert history[0]["param_fingerprints"][0] != history[1]["param_fingerprints"][0]
 
 
@@ -128,3 +128,19 @@ def test_a_bad_part_file_is_refused_with_its_file_and_row_before_training(parque
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"{part}: row 3: unsorted" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_walk_forward_checks_a_parquet_market_from_its_footers(parquet_market) -> None:
+    """data.loader=ray_data: too many folds for the data fail before any training, from the row counts in the
+    Parquet footers (the driver reads no bars), with the instrument named, as the memory loader's check does."""
+    from hrm_platform.config import ConfigError
+    from hrm_platform.data.parquet import instrument_row_counts, list_instrument_files
+    from hrm_platform.evaluation.walk_forward import check_folds
+
+    assert instrument_row_counts(list_instrument_files(parquet_market)) == {
+        symbol: 1200 for symbol in list_instrument_files(parquet_market)
+    }
+    config = _config(parquet_market, "ray_data")
+    check_folds(config, 3)
+    with pytest.raises(ConfigError, match=r"walk-forward with 64 folds: instrument SYN00: .*fold"):
+        check_folds(_config(parquet_market, "ray_data", "data.oos_fraction=0.95"), 64)

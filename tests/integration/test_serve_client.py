@@ -37,32 +37,89 @@ def test_hrm_predict_cli_prints_one_decision_per_symbol(serve_app, tmp_path):
     assert "401" in refused.stderr and "unauthorized" in refused.stderr
 
 
+def readme_http_api_section() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    return text.split("\n## HTTP API", 1)[1].split("\n## ", 1)[0]
+
+
+def curl_lines(block: str) -> list[tuple[str, str]]:
+    """(command, trailing comment) of each curl line of a ```bash block (continuation lines joined)."""
+    commands = []
+    for line in block.replace("\\\n", " ").splitlines():
+        if line.strip().startswith("curl "):
+            command, _, comment = line.partition("  # ")
+            commands.append((command.strip(), comment))
+    return commands
+
+
 def readme_curl_commands() -> list[tuple[str, str]]:
     """(command, trailing comment) for each curl command of the README's HTTP API section."""
-    text = (REPO_ROOT / "README.md").read_text()
-    section = text.split("\n## HTTP API", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if line.strip().startswith("curl "):
-                command, _, comment = line.partition("  # ")
-                commands.append((command.strip(), comment))
-    return commands
+    blocks = re.findall(r"```bash\n(.*?)```", readme_http_api_section(), flags=re.S)
+    return [command for block in blocks for command in curl_lines(block)]
+
+
+def readme_stream_commands(section: str) -> list[tuple[str, str]]:
+    """The curl lines of the ```bash block inside the paragraph that opens with **Streams** (before the next
+    paragraph that opens in bold); fails when there is none."""
+    assert "\n**Streams**" in section, "the README's HTTP API section has no **Streams** paragraph"
+    paragraph = re.split(r"\n\*\*(?!Streams)", section.split("\n**Streams**", 1)[1], maxsplit=1)[0]
+    block = re.search(r"```bash\n(.*?)```", paragraph, flags=re.S)
+    assert block, "the README's **Streams** paragraph has no ```bash block of curl examples"
+    return curl_lines(block.group(1))
+
+
+def run_curl(serve_app, command: str) -> dict:
+    env = {**os.environ, "HRM_URL": serve_app.url, "HRM_API_TOKEN": serve_app.token}
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 0, f"{command}\n{done.stderr}"
+    return json.loads(done.stdout)
 
 
 def test_readme_curl_examples_work_against_the_live_server(serve_app):
     commands = readme_curl_commands()
     assert len(commands) >= 5
-    env = {**os.environ, "HRM_URL": serve_app.url, "HRM_API_TOKEN": serve_app.token}
     for command, comment in commands:
-        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=60)
-        assert done.returncode == 0, f"{command}\n{done.stderr}"
-        body = json.loads(done.stdout)
+        body = run_curl(serve_app, command)
         expected_error = re.search(r"-> (\d{3})", comment)
-        if expected_error:  # the README shows what an error looks like
-            assert set(body) == {"error", "field", "detail"}, command
+        if expected_error:  # the README shows what an error looks like (a stream's 409 adds bars_needed)
+            assert {"error", "field", "detail"} <= set(body), command
         else:
             assert "error" not in body, f"{command}: {body}"
+
+
+STREAM_METHODS = ("PUT", "POST", "GET", "DELETE")
+
+
+def stream_method(command: str) -> str:
+    explicit = re.search(r"-X (PUT|DELETE)\b", command)
+    return explicit.group(1) if explicit else ("POST" if "/bars" in command else "GET")
+
+
+def test_readme_stream_examples_create_append_read_and_delete_a_stream(serve_app, engine):
+    """The **Streams** curl block, in order, against the live server: PUT seeds a stream (>= bars_needed bars),
+    POST .../bars adds to it, GET reads it, DELETE drops it; each line names its stream in X-Stream-Id (HAProxy
+    routes by that header), and a line marked `-> 409` shows stream_unknown naming bars_needed."""
+    commands = readme_stream_commands(readme_http_api_section())
+    assert [stream_method(command) for command, comment in commands if "->" not in comment] == list(STREAM_METHODS)
+    seen = None
+    for command, comment in commands:
+        path_id = re.search(r"/v1/streams/([A-Za-z0-9._:-]+)", command)
+        header_id = re.search(r"-H 'X-Stream-Id: ([A-Za-z0-9._:-]+)'", command)
+        assert path_id and header_id and path_id.group(1) == header_id.group(1), command
+        body, method = run_curl(serve_app, command), stream_method(command)
+        if re.search(r"-> 409", comment):
+            assert body["error"] == "stream_unknown" and body["bars_needed"] == engine.bars_needed, (command, body)
+        elif method == "PUT":
+            assert body["stream_id"] == path_id.group(1) and body["bars_seen"] >= engine.bars_needed, (command, body)
+            assert body["action"] in ("hold", "buy", "sell")
+            seen = body["bars_seen"]
+        elif method == "POST":
+            assert seen is not None and body["bars_seen"] > seen and "target_position" in body, (command, body)
+            seen = body["bars_seen"]
+        elif method == "GET":
+            assert body["bars_seen"] == seen and body["bars_held"] == engine.bars_needed, (command, body)
+        else:
+            assert body == {"stream_id": path_id.group(1), "deleted": True}, (command, body)
 
 
 def test_only_loopback_listens_on_the_serve_port(serve_app):

@@ -133,6 +133,19 @@ def list_instrument_files(uri: str) -> dict[str, list[str]]:
     return {name.partition("=")[2]: _part_files(root.child(name), name) for name in partitions}
 
 
+def instrument_row_counts(files: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """symbol -> its rows over all its part files, from the Parquet footers only (no data is read): what a
+    driver checks splits and folds against before Ray Data tasks read the bars."""
+    counts = {}
+    for symbol, parts in files.items():
+        total = 0
+        for part in _locate_parts(parts):
+            with part.filesystem.open_input_file(part.path) as handle:
+                total += pq.ParquetFile(handle).metadata.num_rows
+        counts[symbol] = total
+    return counts
+
+
 def _is_partition(entry: FileInfo) -> bool:
     return entry.type == FileType.Directory and entry.base_name.startswith(f"{PARTITION_KEY}=")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hrm_platform.config import ConfigError, PlatformConfig, validate_config
+from hrm_platform.config import RAY_DATA_CPUS, ConfigError, DataConfig, PlatformConfig, validate_config
 
 if TYPE_CHECKING:
     from hrm_platform.evaluation.backtest import BacktestResult
@@ -60,20 +60,38 @@ def fold_config(config: PlatformConfig, fold: int, folds: int, runs_dir: Path) -
 
 
 def check_folds(config: PlatformConfig, folds: int) -> None:
-    """Build every fold's datasets once, so that data too short for K folds fails before any training."""
-    from hrm_platform.data.dataset import build_datasets
-
+    """Check every fold's splits once, so that data too short for K folds fails before any training: the
+    in-memory loader builds each fold's datasets; data.loader=ray_data checks the split ranges against each
+    instrument's row count from the Parquet footers, without reading the bars."""
     for fold in range(folds):
+        data = fold_config(config, fold, folds, Path(".")).data
         try:
-            build_datasets(fold_config(config, fold, folds, Path(".")).data)
+            _check_fold_data(data)
         except ValueError as error:
             raise ConfigError(f"walk-forward with {folds} folds: {error}") from None
 
 
+def _check_fold_data(data: DataConfig) -> None:
+    from hrm_platform.data.dataset import build_datasets, instrument_ranges
+
+    if data.loader == "memory":
+        build_datasets(data)
+        return
+    from hrm_platform.data.parquet import instrument_row_counts, list_instrument_files
+
+    for symbol, rows in instrument_row_counts(list_instrument_files(str(data.path))).items():
+        instrument_ranges(symbol, rows, data)
+
+
 def fold_parallelism(config: PlatformConfig, cluster_cpus: float) -> int:
     """How many folds fit on the cluster at once (at least one: a fold that cannot fit fails in Ray Train)."""
-    per_fold = config.train.worker_range[1] * config.train.cpus_per_worker  # an elastic run's most workers
+    per_fold = config.train.worker_range[1] * config.train.cpus_per_worker + _data_cpus(config)  # most workers
     return max(1, math.floor(cluster_cpus / per_fold + 1e-9))
+
+
+def _data_cpus(config: PlatformConfig) -> int:
+    """CPUs a fold's Ray Data tasks need beside its workers (data.loader=ray_data), else none."""
+    return RAY_DATA_CPUS if config.data.loader == "ray_data" else 0
 
 
 def run_walk_forward(
@@ -91,7 +109,8 @@ def run_walk_forward(
     configs = [fold_config(config, fold, folds, runs_dir) for fold in range(folds)]
     started_here = not ray.is_initialized()
     if started_here:
-        init_local_ray(num_cpus=os.cpu_count() or 1, log_to_driver=verbose)
+        per_fold = math.ceil(config.train.worker_range[1] * config.train.cpus_per_worker) + _data_cpus(config)
+        init_local_ray(num_cpus=max(os.cpu_count() or 1, per_fold), log_to_driver=verbose)  # one fold always fits
     try:
         parallel = fold_parallelism(config, ray.cluster_resources().get("CPU", 1.0))
         say(f"walk-forward: {folds} folds, {parallel} at a time")

@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 
 from hrm_platform.data.ohlcv import BAR_COLUMNS, load_ohlcv
+from hrm_platform.serving.ingress import STREAM_ID_HEADER
 
 
 class ClientError(RuntimeError):
@@ -108,12 +109,14 @@ class StreamClient:
     answers 409 `stream_unknown` naming `bars_needed`, and `push` re-seeds the stream with a PUT of its own last
     bars plus the new ones, whose answer is the decision for the newest bar, as the POST's would have been.
     `reseeds` counts them. Timestamps (ISO strings or Unix seconds) are sent back on a re-seed when every kept
-    bar has one."""
+    bar has one. Every request carries the X-Stream-Id header, by which the HAProxy ingress sends a stream's
+    requests to one replica (serving/ingress.py): re-seeds then happen only when that replica changes."""
 
     def __init__(self, http: httpx.Client, stream_id: str, *, position: float = 0.0, max_segments: int | None = None,
                  deadline_ms: float | None = None) -> None:
         self.http = http
         self.path = f"/v1/streams/{stream_id}"
+        self.routing = {STREAM_ID_HEADER: stream_id}  # what HAProxy hashes; the replica checks it names the path's id
         self.position = position
         self.budget = {"max_segments": max_segments, "deadline_ms": deadline_ms}
         self.reseeds = 0
@@ -164,7 +167,7 @@ class StreamClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return self.http.request(method, path, **kwargs)
+            return self.http.request(method, path, headers=self.routing, **kwargs)
         except httpx.HTTPError as error:
             raise ClientError(f"cannot reach {self.http.base_url}{path}: {error}") from None
 

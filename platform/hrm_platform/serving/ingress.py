@@ -12,6 +12,13 @@ rebinds those two listeners to `serve.host` before handing over to the real bina
 drawn free per cluster instead of Ray's fixed 8404 and 9101, so that several clusters on one machine (tests,
 benchmarks) do not collide. Serve's per-request HTTP metrics, which HAProxy feeds to a Python collector one
 log line per request, are off unless serve.ingress_metrics: that collector costs CPU on every request.
+
+Streams (/v1/streams) live in the replica that created them, so in fast mode HAProxy routes by stream: every
+stream request carries its id again in the STREAM_ID_HEADER header (`StreamClient` sends it; curl users add
+`-H 'X-Stream-Id: ID'`), and the backend balances on a consistent hash of that header (`balance_algorithm`).
+A request without it (/v1/predict, /v1/health) goes round robin, as HAProxy's `hdr` does when the header is
+absent, instead of Ray's default leastconn. A stream whose replica dies or whose hash moves (scale-out) lands
+on a replica without it: 409 stream_unknown, and the client re-seeds it there.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 from hrm_platform.config import ConfigError, ServeConfig
 
 HAPROXY_BIND_WRAPPER = Path(__file__).with_name("haproxy_bind.sh")
+STREAM_ID_HEADER = "X-Stream-Id"  # a stream request's id, again, for HAProxy to hash (the path is not hashed)
 _BIND_HOST = re.compile(r"^[A-Za-z0-9.:\-]+$")  # an IP or a host name: safe inside the wrapper's sed expression
 
 
@@ -43,12 +51,25 @@ def ingress_env(serve_config: ServeConfig) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
         "RAY_SERVE_HAPROXY_RETRIES": "6",
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "1" if serve_config.ingress_metrics else "0",
+        # TODO(config owner): serve.stream_affinity in config.py; until then it is on.
+        "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": balance_algorithm(getattr(serve_config, "stream_affinity", True)),
         **haproxy_bind_env(serve_config.host),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
     }
+
+
+def balance_algorithm(stream_affinity: bool) -> str:
+    """What Ray's HAProxy template writes after `balance ` (its defaults section, so every app backend).
+
+    With stream affinity: `hdr(X-Stream-Id)`, a hash of the header over the servers that are up; a request
+    without the header goes round robin. HAProxy's default hash-type (map-based) applies: Ray has no option for
+    `hash-type consistent`, and a newline in this value, which its template would copy through, breaks the
+    one-line `export` lines of `hrm serve-env`. Without affinity: Ray's default, leastconn; streams then
+    re-seed whenever a request reaches another replica."""
+    return f"hdr({STREAM_ID_HEADER})" if stream_affinity else "leastconn"
 
 
 def haproxy_bind_env(host: str) -> dict[str, str]:

@@ -103,7 +103,7 @@ def train_epoch(
     run.model.train()
     started = time.perf_counter()
     n_batches, batches = data.train_batches(epoch)
-    process, rss_peak = psutil.Process(), 0  # this worker's resident memory, sampled after every step
+    process, private_peak = psutil.Process(), 0  # this worker's own resident memory, sampled after every step
     graph_steps = train.compile and train.compile_mode == "reduce-overhead"
     for windows, actions, quantities in on_device(batches, run.device):
         if graph_steps:  # a new batch: the previous batch's graph outputs may be overwritten from here on
@@ -127,12 +127,12 @@ def train_epoch(
         if run.first_step_unix is None:
             run.first_step_unix = time.time()
         totals.add(step_metrics, windows.shape[0])
-        rss_peak = max(rss_peak, process.memory_info().rss)
+        private_peak = max(private_peak, private_resident_bytes(process))
         if after_first_step is not None and totals.batches == 1:
             after_first_step(time.perf_counter() - started, n_batches)
     elapsed = time.perf_counter() - started
     run.epoch = epoch
-    return _reduce_epoch_metrics(run, totals, elapsed, rss_peak / 2**20, collective, train.peak_tflops)
+    return _reduce_epoch_metrics(run, totals, elapsed, private_peak / 2**20, collective, train.peak_tflops)
 
 
 def _stop_on_non_finite_loss(losses: list[float], epoch: int, step: int, collective: Collective) -> None:
@@ -149,14 +149,14 @@ def _stop_on_non_finite_loss(losses: list[float], epoch: int, step: int, collect
 
 
 def _reduce_epoch_metrics(
-    run: TrainingRun, totals: _EpochTotals, elapsed: float, rss_peak_mb: float, collective: Collective,
+    run: TrainingRun, totals: _EpochTotals, elapsed: float, private_peak_mb: float, collective: Collective,
     peak_tflops: float | None,
 ) -> dict[str, Any]:
     summed = collective.sum(totals.as_tensor()).numpy()
     (loss, active, accuracy, counts), scalars = _EpochTotals.split(summed, totals.max_segments)
     final_accuracy, segments_used, segments_run, batches, samples, sample_segments = scalars
-    largest = collective.max(torch.tensor([elapsed, peak_memory_mb(run.device), rss_peak_mb], dtype=torch.float64))
-    slowest_s, peak_mb, rss_peak_mb = largest.tolist()
+    largest = collective.max(torch.tensor([elapsed, peak_memory_mb(run.device), private_peak_mb], dtype=torch.float64))
+    slowest_s, peak_mb, private_peak_mb = largest.tolist()
     hrm = run.hrm
     flops = float(sample_segments) * training_flops_per_sample_segment(hrm.config, hrm.window, hrm.n_features)
     speed = throughput_figures(flops, slowest_s, run.device, collective.world_size, peak_tflops)
@@ -177,10 +177,17 @@ def _reduce_epoch_metrics(
         "achieved_tflops": speed["achieved_tflops"],  # all ranks together
         "mfu": speed["mfu"],  # against the dense bf16 peak of every device; None on CPU
         "peak_memory_mb": peak_mb,
-        "rss_peak_mb": rss_peak_mb,  # the largest resident set of any rank during the epoch's steps (data included)
+        "private_memory_peak_mb": private_peak_mb,  # the most memory any rank held as its own during the steps
         "world_size": collective.world_size,
         "distributed_backend": collective.backend,
     }
+
+
+def private_resident_bytes(process: psutil.Process) -> int:
+    """Resident memory this process holds alone: RSS minus shared pages (libraries, and Ray's object store,
+    whose pages a Ray Data consumer maps and which the node's object store budget already counts)."""
+    memory = process.memory_info()
+    return memory.rss - getattr(memory, "shared", 0)  # Linux; elsewhere psutil reports no shared pages
 
 
 def peak_memory_mb(device: torch.device) -> float:

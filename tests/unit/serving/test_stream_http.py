@@ -182,3 +182,55 @@ def test_a_timestamp_before_year_one_in_utc_is_described_as_unknown(replica):
     assert client.put("/v1/streams/old", json={"bars": BARS[:10].tolist(), "timestamps": times}).status_code == 200
     state = client.get("/v1/streams/old")
     assert state.status_code == 200 and state.json()["last_timestamp"] is None
+
+
+def test_a_stream_header_naming_another_stream_is_refused_and_changes_nothing(replica):
+    """The ingress routes by X-Stream-Id: a request whose header names another stream may sit on that stream's
+    replica, so it is refused (400 naming the header and both ids) before it reads or changes any stream."""
+    client = client_for(replica)
+    same = {"X-Stream-Id": "SYN-1m"}
+    assert client.put("/v1/streams/SYN-1m", json={"bars": BARS[:10].tolist()}, headers=same).status_code == 200
+    other = {"X-Stream-Id": "SYN-5m"}
+    refused = [client.put("/v1/streams/SYN-1m", json={"bars": BARS[20:30].tolist()}, headers=other),
+               client.post("/v1/streams/SYN-1m/bars", json={"bars": BARS[10:11].tolist()}, headers=other),
+               client.get("/v1/streams/SYN-1m", headers=other), client.delete("/v1/streams/SYN-1m", headers=other),
+               client.get("/v1/streams/SYN-1m", headers={"X-Stream-Id": ""})]
+    for response in refused:
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert body["error"] == "stream_id_mismatch" and body["field"] == "X-Stream-Id"
+        assert "'SYN-1m'" in body["detail"] and "X-Stream-Id: SYN-1m" in body["detail"]
+    assert len(replica.windows) == 1  # only the first PUT decided
+    state = client.get("/v1/streams/SYN-1m", headers=same).json()
+    assert state["bars_seen"] == 10 and np.array_equal(replica.streams.store.peek("SYN-1m").bars, BARS[4:10])
+    # the header is optional: without it the request is answered (routed round robin by the ingress)
+    assert client.post("/v1/streams/SYN-1m/bars", json={"bars": BARS[10:11].tolist()}).json()["bars_seen"] == 11
+    assert client.post("/v1/streams/SYN-1m/bars", json={"bars": BARS[11:12].tolist()}, headers=same).status_code == 200
+
+
+def test_the_stream_header_is_documented_on_every_stream_route(replica):
+    spec = client_for(replica).get("/openapi.json").json()
+    routes = [("/v1/streams/{stream_id}", method) for method in ("put", "get", "delete")]
+    for path, method in [*routes, ("/v1/streams/{stream_id}/bars", "post")]:
+        operation = spec["paths"][path][method]
+        headers = [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+        assert headers == ["X-Stream-Id"], (path, method)
+        assert "stream_id_mismatch" in operation["responses"]["400"]["description"], (path, method)
+
+
+def test_the_client_names_its_stream_in_every_request_header(replica):
+    """StreamClient's requests (open, push, the re-seed after a 409, close) all carry X-Stream-Id = its stream."""
+    from hrm_platform.serving.client import StreamClient
+
+    client = client_for(replica)
+    sent: list[tuple[str, str, str | None]] = []
+    client.event_hooks = {"request": [lambda request: sent.append(
+        (request.method, request.url.path, request.headers.get("X-Stream-Id")))]}
+    stream = StreamClient(client, "SYN-1m")
+    stream.open(BARS[:8])
+    stream.push(BARS[8:9])
+    replica.streams.store.delete("SYN-1m")
+    stream.push(BARS[9:10])  # 409, then the re-seed
+    assert stream.reseeds == 1 and stream.close()
+    assert [method for method, _, _ in sent] == ["PUT", "POST", "POST", "PUT", "DELETE"]
+    assert {header for _, _, header in sent} == {"SYN-1m"}
