@@ -76,7 +76,8 @@ def test_replay_positions_equal_hrm_evaluate_on_an_ohlcv_file(serve_app, tmp_pat
     `hrm evaluate --checkpoint CKPT --data FILE` against `hrm replay --bars FILE --compare-evaluation CKPT`."""
     index = daily_equity_index("2015-01-01", "2019-12-31")  # ~1,250 bars a symbol
     csv = tmp_path / "daily.csv"
-    pd.concat([random_walk_bars(index, seed).assign(Symbol=name) for seed, name in enumerate(["AAA", "BBB"])]).to_csv(csv)
+    frames = [random_walk_bars(index, seed).assign(Symbol=name) for seed, name in enumerate(["AAA", "BBB"])]
+    pd.concat(frames).to_csv(csv)
     metrics = evaluate(serve_app, tmp_path / "eval", "--data", str(csv))
     assert metrics["data"]["path"] == str(csv) and metrics["data"]["symbols"] == ["AAA", "BBB"]
     replay_and_compare(serve_app, tmp_path, metrics, "--bars", str(csv))

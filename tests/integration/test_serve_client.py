@@ -54,7 +54,7 @@ def curl_lines(block: str) -> list[tuple[str, str]]:
 
 def readme_curl_commands() -> list[tuple[str, str]]:
     """(command, trailing comment) for each curl command of the README's HTTP API section."""
-    blocks = re.findall(r"```bash\n(.*?)```", readme_http_api_section(), flags=re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", readme_http_api_section(), flags=re.DOTALL)
     return [command for block in blocks for command in curl_lines(block)]
 
 
@@ -63,7 +63,7 @@ def readme_stream_commands(section: str) -> list[tuple[str, str]]:
     paragraph that opens in bold); fails when there is none."""
     assert "\n**Streams**" in section, "the README's HTTP API section has no **Streams** paragraph"
     paragraph = re.split(r"\n\*\*(?!Streams)", section.split("\n**Streams**", 1)[1], maxsplit=1)[0]
-    block = re.search(r"```bash\n(.*?)```", paragraph, flags=re.S)
+    block = re.search(r"```bash\n(.*?)```", paragraph, flags=re.DOTALL)
     assert block, "the README's **Streams** paragraph has no ```bash block of curl examples"
     return curl_lines(block.group(1))
 

@@ -76,11 +76,12 @@ def test_memory_stays_flat_over_ten_thousand_stream_updates(serve_app, client, e
         body = {"bars": bars[:needed].tolist(), "timestamps": times, "max_segments": 1}  # 1 segment: quicker updates
         seeded = client.put(f"/v1/streams/memory-{index}", json=body, headers=named(f"memory-{index}"))
         assert seeded.status_code == 200, seeded.text
-    per_round = CLIENTS * STREAMS_PER_CLIENT
-    warm_up = run_updates(serve_app, series, needed, range(1, 1 + WARM_UP // per_round))
+    per_round = CLIENTS * STREAMS_PER_CLIENT  # one bar for every stream
+    warmed, last = WARM_UP // per_round, (WARM_UP + UPDATES) // per_round  # rounds
+    warm_up = run_updates(serve_app, series, needed, range(1, 1 + warmed))
     before = settled_health(client, interval)
 
-    updates = run_updates(serve_app, series, needed, range(1 + WARM_UP // per_round, 1 + (WARM_UP + UPDATES) // per_round))
+    updates = run_updates(serve_app, series, needed, range(1 + warmed, 1 + last))
     after = settled_health(client, interval)
 
     assert len(updates) == UPDATES and set(warm_up) | set(updates) == {200}
@@ -92,7 +93,7 @@ def test_memory_stays_flat_over_ten_thousand_stream_updates(serve_app, client, e
     for index in range(per_round):
         name = f"memory-{index}"
         state = client.get(f"/v1/streams/{name}", headers=named(name)).json()
-        assert state["bars_seen"] == needed + (WARM_UP + UPDATES) // per_round and state["bars_held"] == needed
+        assert state["bars_seen"] == needed + last and state["bars_held"] == needed
         assert client.delete(f"/v1/streams/{name}", headers=named(name)).json()["deleted"]
 
 
@@ -130,6 +131,7 @@ def wait_for_stream_limits(client: httpx.Client, max_streams: int, idle_s: float
     raise AssertionError(f"no replica with max_streams={max_streams}, stream_idle_s={idle_s} after {timeout_s} s")
 
 
+@pytest.mark.slow  # two redeploys of the session app (~60 s on 2 cores); the test itself takes ~2 s
 def test_a_replica_bounds_and_expires_streams_as_configured(client, engine, small_stream_limits):
     needed, names = engine.bars_needed, [f"limit-{index}" for index in range(SMALL_MAX_STREAMS + 1)]
     bars = stream_bars(needed)[0]

@@ -14,8 +14,8 @@ segment limit and no deadline, as the backtest runs, and `compare_positions` che
 "Equal" is: the same direction (so the same argmax action) and |difference| <= POSITION_TOLERANCE. The
 backtest runs windows 512 at a time, the server one (or a dynamic batch) at a time, and float32 matmuls of other
 batch sizes round differently: quantities differ by ~1e-7 on some bars (measured on the smoke model: at most
-9e-8). Engine variants that compute otherwise (int8, fp16, bf16) are not expected to be equal; the report names
-the server's variant.
+9e-8). Engine variants that compute otherwise (int8, fp16, bf16) are not expected to be equal; the summary
+line names the server's variant.
 """
 
 from __future__ import annotations
