@@ -4,9 +4,11 @@ rounds interleaved between servers so the machine's noise hits all alike, and th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,23 +29,26 @@ class LoadResult:
         return self.requests / self.seconds
 
 
-async def _load(url: str, bodies: list[bytes], concurrency: int, seconds: float, headers: dict[str, str]) -> LoadResult:
+NextRequest = Callable[[], tuple[str, bytes, dict[str, str]]]  # one worker's next request: url, body, headers
+
+
+async def run_workers(next_requests: list[NextRequest], seconds: float, headers: dict[str, str]) -> LoadResult:
+    """One worker per entry of `next_requests`, each POSTing what its function gives, back to back: a warm-up of
+    min(2 s, seconds / 4) not recorded, then `seconds` recorded (a non-200 counts as an error)."""
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
-    counter = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(limit=len(next_requests))
     headers = {"Content-Type": "application/json", **headers}
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
-        async def worker(deadline: float, record: bool) -> None:
-            nonlocal errors, counter
+        async def worker(next_request: NextRequest, deadline: float, record: bool) -> None:
+            nonlocal errors
             while time.perf_counter() < deadline:
-                body = bodies[counter % len(bodies)]
-                counter += 1
+                url, body, extra_headers = next_request()
                 started = time.perf_counter()
-                async with session.post(url, data=body) as response:
+                async with session.post(url, data=body, headers=extra_headers) as response:
                     await response.read()
                     ok = response.status == 200
                 if record and ok:
@@ -52,12 +57,22 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, seconds: float,
                     errors += 1
 
         warm_up = time.perf_counter() + min(2.0, seconds / 4)
-        await asyncio.gather(*(worker(warm_up, False) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(next_request, warm_up, False) for next_request in next_requests))
         started = time.perf_counter()
-        await asyncio.gather(*(worker(started + seconds, True) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(next_request, started + seconds, True) for next_request in next_requests))
         elapsed = time.perf_counter() - started
-    return LoadResult(concurrency, len(latencies), errors, elapsed,
-                      float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)))
+    p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (float("nan"), float("nan"))  # none answered
+    return LoadResult(len(next_requests), len(latencies), errors, elapsed, float(p50), float(p99))
+
+
+async def _load(url: str, bodies: list[bytes], concurrency: int, seconds: float, headers: dict[str, str]) -> LoadResult:
+    """`concurrency` workers sending the bodies in turn (shared between them) to one URL."""
+    counter = itertools.count()
+
+    def next_request() -> tuple[str, bytes, dict[str, str]]:
+        return url, bodies[next(counter) % len(bodies)], {}
+
+    return await run_workers([next_request] * concurrency, seconds, headers)
 
 
 def measure(url: str, bodies: list[bytes], concurrency: int, seconds: float, headers=None) -> LoadResult:

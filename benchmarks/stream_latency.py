@@ -15,9 +15,9 @@ Request bytes per decision: the JSON body, and the body plus the request line an
 Targets (issue 17): body bytes per decision >= 50x smaller for streams; stream p50 at c=1 below stateless; stream
 requests/s at c=32 >= stateless. Ratios are medians of per-round ratios (http_load.paired_ratio).
 
-Then, unless --skip-ingress, the balance's cost: /v1/predict through Serve's HAProxy (`balance hdr(X-Stream-Id)`,
-round robin for requests without the header) against a second HAProxy started here from a copy of the config
-Serve rendered, with `balance leastconn` (Ray's default) the only difference, both in front of the same replicas,
+Then, unless --skip-ingress, the balance's cost: /v1/predict through two HAProxys started here from copies of
+the config Serve rendered, in front of the same replicas, that differ only in their `balance` line: ours,
+`hdr(X-Stream-Id)` (round robin for requests without the header), and Ray's default, `leastconn`; measured
 interleaved (http_load.measure_interleaved). Writes benchmarks/results/stream_latency.json.
 """
 
@@ -39,7 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.http_load import LoadResult, measure, measure_interleaved, paired_ratio, wait_until_up
+from benchmarks.http_load import (
+    LoadResult,
+    NextRequest,
+    measure,
+    measure_interleaved,
+    paired_ratio,
+    run_workers,
+    wait_until_up,
+)
 from benchmarks.serve_latency import make_bodies, prepare_checkpoint
 from hrm_platform.config import ServeConfig, load_config
 from hrm_platform.data.market import generate_market
@@ -96,35 +104,14 @@ def seed_streams(url: str, streams: list[BenchStream]) -> None:
 
 
 async def _stream_load(url: str, streams: list[BenchStream], seconds: float) -> LoadResult:
-    """One client per stream, each POSTing its stream's next bar for `seconds` after the same warm-up as
-    http_load.measure; 409s (a stream re-seeded elsewhere) count as errors."""
-    import aiohttp
+    """One client per stream, each POSTing its stream's next bar (http_load.run_workers: the same warm-up and
+    recording as http_load.measure); 409s (a stream re-seeded elsewhere) count as errors."""
 
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=len(streams))
-    async with aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"}) as session:
+    def next_bar_of(stream: BenchStream) -> NextRequest:
+        path, routing = f"{url}/v1/streams/{stream.stream_id}/bars", {STREAM_ID_HEADER: stream.stream_id}
+        return lambda: (path, stream.next_body(), routing)
 
-        async def client(stream: BenchStream, deadline: float, record: bool) -> None:
-            nonlocal errors
-            path, routing = f"{url}/v1/streams/{stream.stream_id}/bars", {STREAM_ID_HEADER: stream.stream_id}
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                async with session.post(path, data=stream.next_body(), headers=routing) as response:
-                    await response.read()
-                    ok = response.status == 200
-                if record and ok:
-                    latencies.append((time.perf_counter() - started) * 1e3)
-                elif record:
-                    errors += 1
-
-        warm_up = time.perf_counter() + min(2.0, seconds / 4)
-        await asyncio.gather(*(client(stream, warm_up, False) for stream in streams))
-        started = time.perf_counter()
-        await asyncio.gather(*(client(stream, started + seconds, True) for stream in streams))
-        elapsed = time.perf_counter() - started
-    return LoadResult(len(streams), len(latencies), errors, elapsed,
-                      float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)))
+    return await run_workers([next_bar_of(stream) for stream in streams], seconds, {})
 
 
 def measure_streams(url: str, streams: list[BenchStream], seconds: float) -> LoadResult:
@@ -219,46 +206,52 @@ def serve_haproxy_config() -> Path:
     return Path(folder) / ray.get_runtime_context().get_node_id() / name
 
 
-def leastconn_copy(config: str, ports: list[int]) -> str:
-    """Serve's HAProxy config with `balance leastconn`, its listeners moved to `ports` (in order), and neither
-    Serve's admin socket nor its server-state file: a second, independent HAProxy before the same servers."""
+def haproxy_copy(config: str, balance: str, ports: list[int]) -> str:
+    """Serve's HAProxy config with `balance <balance>`, its listeners moved to `ports` (in order), and neither
+    Serve's admin socket nor its server-state file: an independent HAProxy before the same servers."""
     from hrm_platform.serving.ingress import balance_algorithm
 
-    balance = f"balance {balance_algorithm(True)}"
-    if balance not in config:
-        raise RuntimeError(f"Serve's HAProxy config has no `{balance}` line: is the stream ingress on?")
-    lines = [line for line in config.replace(balance, "balance leastconn").splitlines()
+    served = f"balance {balance_algorithm(True)}"
+    if served not in config:
+        raise RuntimeError(f"Serve's HAProxy config has no `{served}` line: is the stream ingress on?")
+    lines = [line for line in config.replace(served, f"balance {balance}").splitlines()
              if not re.match(r"\s*(stats socket|server-state-(file|base)|load-server-state-from-file)\b", line)]
     free = iter(ports)
     rebound = [re.sub(r"^(\s*bind\s+)(\S*):\d+", lambda m: f"{m[1]}127.0.0.1:{next(free)}", line) for line in lines]
     return "\n".join(rebound) + "\n"
 
 
-def start_leastconn_haproxy(folder: Path) -> tuple[subprocess.Popen, str]:
-    """A second HAProxy (leastconn) before Serve's replicas; returns it and its base URL."""
+def start_haproxy_copy(folder: Path, balance: str) -> tuple[subprocess.Popen, str]:
+    """A second HAProxy with `balance` before Serve's replicas; returns it and its base URL."""
     from hrm_platform.serving.ingress import free_port, real_haproxy_binary
 
     rendered = serve_haproxy_config().read_text()
     ports = [free_port() for _ in re.findall(r"^\s*bind\s", rendered, flags=re.M)]
-    config = folder / "leastconn.cfg"
-    config.write_text(leastconn_copy(rendered, ports))
+    config = folder / f"{balance.split('(')[0]}.cfg"
+    config.write_text(haproxy_copy(rendered, balance, ports))
     frontend = re.search(r"frontend http_frontend\n\s*bind 127\.0\.0\.1:(\d+)", config.read_text())
     process = subprocess.Popen([real_haproxy_binary(), "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{frontend[1]}"
 
 
-def measure_balance(url: str, bodies: list[bytes], seconds: float, rounds: int) -> dict[str, Any]:
-    """/v1/predict through Serve's HAProxy (hdr) and a leastconn copy of it, interleaved; ratios hdr/leastconn."""
-    with tempfile.TemporaryDirectory(prefix="hrm-leastconn-") as folder:
-        process, leastconn_url = start_leastconn_haproxy(Path(folder))
+def measure_balance(bodies: list[bytes], seconds: float, rounds: int) -> dict[str, Any]:
+    """/v1/predict through two copies of Serve's HAProxy that differ only in `balance`: ours (hdr) and Ray's
+    default (leastconn), started alike and measured interleaved; the ratios hdr/leastconn of paired rounds."""
+    from hrm_platform.serving.ingress import balance_algorithm
+
+    balances = {"hdr": balance_algorithm(True), "leastconn": balance_algorithm(False)}
+    with tempfile.TemporaryDirectory(prefix="hrm-balance-") as folder:
+        started = {name: start_haproxy_copy(Path(folder), balance) for name, balance in balances.items()}
         try:
-            wait_until_up(f"{leastconn_url}/v1/health", timeout_s=30)
-            urls = {"hdr": f"{url}/v1/predict", "leastconn": f"{leastconn_url}/v1/predict"}
-            rows = measure_interleaved(urls, bodies, seconds, rounds)
+            for _, url in started.values():
+                wait_until_up(f"{url}/v1/health", timeout_s=30)
+            rows = measure_interleaved({name: f"{url}/v1/predict" for name, (_, url) in started.items()}, bodies,
+                                       seconds, rounds)
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            for process, _ in started.values():
+                process.terminate()
+                process.wait(timeout=30)
     for row in rows.values():
         row["c32_p50_ms"] = statistics.median(r["p50_ms"] for r in row["rounds"]["c32"])
         row["c32_p99_ms"] = statistics.median(r["p99_ms"] for r in row["rounds"]["c32"])
@@ -275,18 +268,18 @@ def measure_balance(url: str, bodies: list[bytes], seconds: float, rounds: int) 
 def table(paths: dict[str, dict[str, Any]]) -> str:
     lines = ["| path | body bytes/decision | request bytes/decision | c=1 p50 ms | c=1 p99 ms | c=32 p50 ms | "
              "c=32 p99 ms | c=32 req/s | errors |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, row in paths.items():
-        lines.append(f"| {row['label']} | {row['bytes']['body']:,} | {row['bytes']['request']:,} | {row['c1_p50_ms']:.2f} "
-                     f"| {row['c1_p99_ms']:.2f} | {row['c32_p50_ms']:.1f} | {row['c32_p99_ms']:.1f} | "
-                     f"{row['c32_throughput']:.0f} | {row['errors']} |")
+    for row in paths.values():
+        lines.append(f"| {row['label']} | {row['bytes']['body']:,} | {row['bytes']['request']:,} | "
+                     f"{row['c1_p50_ms']:.2f} | {row['c1_p99_ms']:.2f} | {row['c32_p50_ms']:.1f} | "
+                     f"{row['c32_p99_ms']:.1f} | {row['c32_throughput']:.0f} | {row['errors']} |")
     return "\n".join(lines)
 
 
 def balance_table(balance: dict[str, Any]) -> str:
     lines = ["| /v1/predict through | c=1 p50 ms | c=1 p99 ms | c=32 p50 ms | c=32 p99 ms | c=32 req/s |",
              "|---|---|---|---|---|---|"]
-    labels = {"hdr": "Serve's HAProxy, `balance hdr(X-Stream-Id)` (round robin here)",
-              "leastconn": "a copy of it, `balance leastconn` (Ray's default)"}
+    labels = {"hdr": "HAProxy, `balance hdr(X-Stream-Id)` (no header: round robin)",
+              "leastconn": "HAProxy, `balance leastconn` (Ray's default)"}
     for name, label in labels.items():
         row = balance["paths"][name]
         lines.append(f"| {label} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['c32_p50_ms']:.1f} | "
@@ -308,6 +301,16 @@ def streams_per_replica(url: str, replicas: int) -> dict[str, float]:
     return counts
 
 
+def wait_until_routed(url: str, replicas: int, timeout_s: float = 120.0) -> None:
+    """Block until HAProxy routes to every replica. Serve calls the app running before its HAProxy has every
+    replica: a stream seeded meanwhile would hash elsewhere once the last one joins (409 stream_unknown)."""
+    deadline = time.monotonic() + timeout_s
+    while len(streams_per_replica(url, replicas)) < replicas:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"HAProxy at {url} did not route to {replicas} replicas within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 # -------------------------------------------------------------------------------------------------- main
 
 
@@ -325,6 +328,7 @@ def run(checkpoint: Path, serve_config: ServeConfig, args: argparse.Namespace) -
     init_local_ray(num_cpus=max(4, args.replicas + 2), log_to_driver=False)
     try:
         url = start_server(checkpoint, serve_config)
+        wait_until_routed(url, args.replicas)
         for level_streams in streams.values():
             seed_streams(url, level_streams)
         print(f"stream vs stateless, {args.replicas} replicas, {args.rounds} interleaved rounds:", flush=True)
@@ -339,7 +343,7 @@ def run(checkpoint: Path, serve_config: ServeConfig, args: argparse.Namespace) -
         balance = None
         if not args.skip_ingress:
             print("/v1/predict: the stream balance (hdr) vs leastconn, interleaved:", flush=True)
-            balance = measure_balance(url, bodies, args.seconds, args.rounds)
+            balance = measure_balance(bodies, args.seconds, args.rounds)
         return {"bars_needed": bars_needed, "paths": paths, "balance": balance}
     finally:
         ray.shutdown()  # HAProxy goes with the cluster; serve.shutdown() waits 30 s for the controller with HAProxy

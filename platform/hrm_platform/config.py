@@ -292,6 +292,13 @@ class ServeConfig(_Strict):
         10_000, ge=1, description="streams per replica (~5 kB each at the default bars_needed); the least recently "
         "used goes when a new one would pass this"
     )
+    stream_affinity: bool = Field(
+        True,
+        description="with fast_ingress: HAProxy picks a /v1/streams request's replica by a hash of its X-Stream-Id "
+        "header, so a stream's requests reach the replica that holds it; requests without the header (/v1/predict) "
+        "then go round robin instead of leastconn (README, HTTP API: its cost). false: leastconn for every request, "
+        "and a stream re-seeds whenever it reaches another replica",
+    )
     memory_limit_gb: float = Field(4.0, gt=0, description="hard limit per replica")
     memory_soft_fraction: float = Field(0.85, gt=0, lt=1, description="cleanup above this share of the limit")
     memory_check_interval_s: float = Field(1.0, gt=0)

@@ -16,6 +16,10 @@ the kill is idempotent), and after each the stateless /v1/predict on the same wi
     kill     the next quarter: one replica is killed once a fifth of the phase is done; the streams it held
              get 409 stream_unknown and re-seed on the survivor
     after    the last quarter, once Serve's replacement is routed to: streams that hash to it re-seed there
+
+Every request, push or reference, must be answered within FAIL_FAST_S, and no push may get a 5xx. The reference
+/v1/predict is sent again once when its first try failed in transit at the kill (cut mid-answer, or an HAProxy 5xx:
+1 of 20,000 at the issue's scale); the report lists those, and only the kill phase may have any.
 """
 
 from __future__ import annotations
@@ -61,9 +65,10 @@ class Step:
     phase: str
     push_status: int | str  # 200, the HTTP status of a refusal, or the transport error's name
     predict_status: int | str
+    predict_resent: str | None  # why the first /v1/predict failed in transit (then it was sent again), else None
     equal: bool  # the two decisions agree field for field
     difference: str  # the fields that differ, with both values, when the two were answered
-    reseeded: bool  # the push met 409 stream_unknown and re-seeded
+    reseeded: bool  # the push re-seeded the stream (409 stream_unknown, or no answer)
     push_s: float
     predict_s: float
     ended_s: float  # time.monotonic() when the step was done
@@ -113,7 +118,7 @@ def bar_times(count: int) -> list[float]:
 
 
 class StreamRun:
-    """Every stream's client and its progress (the next bar to push), stepped in phases from a thread pool."""
+    """Every stream's StreamClient, pushed bar by bar in phases, CONCURRENCY streams at a time."""
 
     def __init__(self, http: httpx.Client, instruments: dict[str, np.ndarray], bars_needed: int) -> None:
         self.http, self.instruments, self.bars_needed = http, instruments, bars_needed
@@ -148,17 +153,30 @@ class StreamRun:
         except ClientError as error:
             answer, push_status = None, error.status or "no_response"  # refused, or never answered
         pushed_at = time.monotonic()
-        try:
-            stateless = self.http.post("/v1/predict", json={"bars": bars[end - self.bars_needed : end].tolist()})
-            predict_status = stateless.status_code
-        except httpx.HTTPError as error:
-            stateless, predict_status = None, type(error).__name__
+        stateless, predict_status, first_failure = self._predict(bars[end - self.bars_needed : end])
         ended = time.monotonic()
         with self._lock:
             self.pushed += 1
         equal, difference = compare(answer, stateless.json() if predict_status == 200 else None)
-        return Step(stream_id, phase, push_status, predict_status, equal, difference, client.reseeds > reseeds,
-                    pushed_at - started, ended - pushed_at, ended)
+        return Step(stream_id, phase, push_status, predict_status, first_failure, equal, difference,
+                    client.reseeds > reseeds, pushed_at - started, ended - pushed_at, ended)
+
+    def _predict(self, window: np.ndarray) -> tuple[httpx.Response | None, int | str, str | None]:
+        """/v1/predict on `window` (the reference answer), sent again once when the first try failed in transit: no
+        answer (a replica killed while answering cuts the connection after the status line, which HAProxy cannot
+        replay) or an HAProxy 5xx (its 502/503/504 arrive as 500) at the kill. The answer, its status, and the
+        first try's failure when it was sent again."""
+        failure: str | None = None
+        for _ in range(2):
+            try:
+                response = self.http.post("/v1/predict", json={"bars": window.tolist()})
+            except httpx.TransportError as error:
+                failure = type(error).__name__
+                continue
+            if response.status_code < 500 or failure is not None:
+                return response, response.status_code, failure
+            failure = str(response.status_code)
+        return None, failure or "", failure
 
 
 def compare(streamed: dict | None, stateless: dict | None) -> tuple[bool, str]:
@@ -188,15 +206,13 @@ def streams_per_replica(http: httpx.Client, replicas: int = REPLICAS, tries: int
 
 
 def kill_when(run: StreamRun, pushes: int, app: str) -> tuple[threading.Thread, dict]:
-    """A thread that kills one of `app`'s replicas once `run` has done `pushes` pushes; the dict gets the victim
-    and the kill's time."""
+    """A thread that kills one of `app`'s replicas once `run` has done `pushes` pushes; the dict gets the victim."""
     killed: dict = {}
 
     def wait_and_kill() -> None:
         while run.pushed < pushes:
             time.sleep(0.01)
         victim = serve_replicas(app, DEPLOYMENT_NAME)[0]
-        killed["at"] = time.monotonic()
         kill_replica(victim)
         killed["victim"] = victim
 
@@ -230,6 +246,7 @@ def summary(steps: list[Step]) -> dict:
         "5xx": sum(server_error(step.push_status) + server_error(step.predict_status) for step in steps),
         "push_errors": sorted({str(step.push_status) for step in steps if step.push_status != 200}),
         "predict_errors": sorted({str(step.predict_status) for step in steps if step.predict_status != 200}),
+        "predicts_resent": sorted(step.predict_resent for step in steps if step.predict_resent),
         "reseeds": sum(step.reseeded for step in steps),
         "streams_reseeded": len({step.stream for step in steps if step.reseeded}),
         "max_push_s": round(max(step.push_s for step in steps), 3),
@@ -279,6 +296,8 @@ def test_streams_keep_their_replica_and_survive_a_replica_kill(http, instruments
     assert_all_answered_and_equal(kill, "kill")
     assert_all_answered_and_equal(after, "after")
     assert summary(steady + kill + after)["5xx"] == 0
+    # only a request in flight at the kill may have needed a second try (it is then answered, and compared)
+    assert summary(steady + after)["predicts_resent"] == [] and len(summary(kill)["predicts_resent"]) <= CONCURRENCY
 
 
 def test_a_request_routed_as_another_stream_is_refused_through_the_ingress(http, instruments, engine) -> None:

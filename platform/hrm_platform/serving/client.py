@@ -17,6 +17,7 @@ A `StreamClient` drives one /v1/streams stream and never shows its caller a 409 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 
 from hrm_platform.data.ohlcv import BAR_COLUMNS, load_ohlcv
 from hrm_platform.serving.ingress import STREAM_ID_HEADER
+from hrm_platform.serving.stream_service import STREAM_GENERATION_HEADER
 
 
 class ClientError(RuntimeError):
@@ -107,16 +109,23 @@ class StreamClient:
 
     The server's state can vanish (replica restart, eviction, expiry, a request routed to another replica): it then
     answers 409 `stream_unknown` naming `bars_needed`, and `push` re-seeds the stream with a PUT of its own last
-    bars plus the new ones, whose answer is the decision for the newest bar, as the POST's would have been.
-    `reseeds` counts them. Timestamps (ISO strings or Unix seconds) are sent back on a re-seed when every kept
-    bar has one. Every request carries the X-Stream-Id header, by which the HAProxy ingress sends a stream's
-    requests to one replica (serving/ingress.py): re-seeds then happen only when that replica changes."""
+    bars plus the new ones, whose answer is the decision for the newest bar, as the POST's would have been. It does
+    the same when the POST gets no answer at all (a replica killed while answering cuts the connection; HAProxy
+    cannot replay a response it has begun): a re-seed is right whether or not the lost POST was applied, where
+    sending the POST again could apply its bars twice. `reseeds` counts them. Timestamps (ISO strings or Unix
+    seconds) are sent back on a re-seed when every kept bar has one.
+
+    Every request carries X-Stream-Id, by which the HAProxy ingress sends a stream's requests to one replica
+    (serving/ingress.py): re-seeds then happen only when that replica changes. Each seeding (PUT) gets a new random
+    X-Stream-Generation, sent with every later request, so that a replica still holding a copy from an earlier
+    seeding (the stream moved away and back) answers 409 and is re-seeded, instead of appending to bars it missed."""
 
     def __init__(self, http: httpx.Client, stream_id: str, *, position: float = 0.0, max_segments: int | None = None,
                  deadline_ms: float | None = None) -> None:
         self.http = http
         self.path = f"/v1/streams/{stream_id}"
-        self.routing = {STREAM_ID_HEADER: stream_id}  # what HAProxy hashes; the replica checks it names the path's id
+        self.stream_id = stream_id  # sent as X-Stream-Id: HAProxy hashes it; the replica checks it names the path's id
+        self.generation: str | None = None  # this client's token for its latest PUT (X-Stream-Generation)
         self.position = position
         self.budget = {"max_segments": max_segments, "deadline_ms": deadline_ms}
         self.reseeds = 0
@@ -131,14 +140,18 @@ class StreamClient:
 
     def push(self, bars: np.ndarray, timestamps: Sequence[Any] | None = None,
              position: float | None = None) -> dict[str, Any]:
-        """Send (k, 5) new bars; the decision for the newest. Re-seeds and retries once on stream_unknown."""
+        """Send (k, 5) new bars; the decision for the newest. Re-seeds instead, once, on stream_unknown or when the
+        POST got no answer."""
         bars = np.asarray(bars, dtype=np.float64).reshape(-1, 5)
         if position is not None:
             self.position = position
         body = {"bars": bars.tolist(), "timestamps": None if timestamps is None else list(timestamps),
                 "position": position}
-        response = self._request("POST", self.path + "/bars", json=_without_nulls(body))
         times = _times_list(timestamps, len(bars))
+        try:
+            response = self._request("POST", self.path + "/bars", json=_without_nulls(body))
+        except ClientError:  # no answer (the replica died mid-request?): whether or not it took the bars, a PUT is safe
+            return self._seed(np.concatenate([self._bars, bars]), self._times + times, reseed=True)
         if response.status_code == 409 and _error_body(response).get("error") == "stream_unknown":
             self._keep = max(self._keep, int(_error_body(response).get("bars_needed") or 0))
             return self._seed(np.concatenate([self._bars, bars]), self._times + times, reseed=True)
@@ -157,6 +170,7 @@ class StreamClient:
                               f"{len(bars)}")
         body = {"bars": bars.tolist(), "position": self.position, **self.budget,
                 "timestamps": times if all(moment is not None for moment in times) else None}
+        self.generation = uuid.uuid4().hex  # a copy seeded by an earlier PUT no longer answers for this stream
         answer = _answer(self._request("PUT", self.path, json=_without_nulls(body)), "PUT", self.path)
         self.reseeds += reseed
         self._remember(bars, times)
@@ -165,9 +179,13 @@ class StreamClient:
     def _remember(self, bars: np.ndarray, times: list[Any]) -> None:
         self._bars, self._times = bars[-self._keep:], times[-self._keep:]
 
+    def _headers(self) -> dict[str, str]:
+        routing = {STREAM_ID_HEADER: self.stream_id}
+        return routing if self.generation is None else routing | {STREAM_GENERATION_HEADER: self.generation}
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return self.http.request(method, path, headers=self.routing, **kwargs)
+            return self.http.request(method, path, headers=self._headers(), **kwargs)
         except httpx.HTTPError as error:
             raise ClientError(f"cannot reach {self.http.base_url}{path}: {error}") from None
 

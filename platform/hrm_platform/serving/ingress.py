@@ -15,10 +15,11 @@ log line per request, are off unless serve.ingress_metrics: that collector costs
 
 Streams (/v1/streams) live in the replica that created them, so in fast mode HAProxy routes by stream: every
 stream request carries its id again in the STREAM_ID_HEADER header (`StreamClient` sends it; curl users add
-`-H 'X-Stream-Id: ID'`), and the backend balances on a consistent hash of that header (`balance_algorithm`).
-A request without it (/v1/predict, /v1/health) goes round robin, as HAProxy's `hdr` does when the header is
-absent, instead of Ray's default leastconn. A stream whose replica dies or whose hash moves (scale-out) lands
-on a replica without it: 409 stream_unknown, and the client re-seeds it there.
+`-H 'X-Stream-Id: ID'`), and the backend balances on a hash of that header (`balance_algorithm`). A request
+without it (/v1/predict, /v1/health) goes round robin, as HAProxy's `hdr` does when the header is absent,
+instead of Ray's default leastconn (benchmarks/stream_latency.py measures the difference). A stream whose
+replica dies, or whose hash moves when the set of replicas changes, lands on a replica without it, or with a
+stale copy (X-Stream-Generation tells): 409 stream_unknown, and the client re-seeds it there.
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ def ingress_env(serve_config: ServeConfig) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
         "RAY_SERVE_HAPROXY_RETRIES": "6",
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "1" if serve_config.ingress_metrics else "0",
-        # TODO(config owner): serve.stream_affinity in config.py; until then it is on.
-        "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": balance_algorithm(getattr(serve_config, "stream_affinity", True)),
+        "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": balance_algorithm(serve_config.stream_affinity),
         **haproxy_bind_env(serve_config.host),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
@@ -64,11 +64,12 @@ def ingress_env(serve_config: ServeConfig) -> dict[str, str]:
 def balance_algorithm(stream_affinity: bool) -> str:
     """What Ray's HAProxy template writes after `balance ` (its defaults section, so every app backend).
 
-    With stream affinity: `hdr(X-Stream-Id)`, a hash of the header over the servers that are up; a request
-    without the header goes round robin. HAProxy's default hash-type (map-based) applies: Ray has no option for
-    `hash-type consistent`, and a newline in this value, which its template would copy through, breaks the
-    one-line `export` lines of `hrm serve-env`. Without affinity: Ray's default, leastconn; streams then
-    re-seed whenever a request reaches another replica."""
+    With stream affinity: `hdr(X-Stream-Id)`, a hash of the header over the servers that are up, in the order
+    Serve lists them; a request without the header goes round robin. HAProxy's default hash-type (map-based)
+    applies: Ray has no option for `hash-type consistent`, and a newline in this value, which its template would
+    copy through, breaks the one-line `export` lines of `hrm serve-env`. When a replica is replaced the order can
+    change and move every stream once (each then re-seeds: one PUT). Without affinity: Ray's default,
+    leastconn; streams then re-seed whenever a request reaches another replica."""
     return f"hdr({STREAM_ID_HEADER})" if stream_affinity else "leastconn"
 
 

@@ -9,6 +9,12 @@ for /v1/predict after its checks (cache key, `@serve.batch`, engine call), on th
 a stream's answer is the one /v1/predict gives for the same bars, by construction. Bars pass the checks of
 /v1/predict (`check_bars` on a PUT; `find_bar_problem` on the held bars plus the new ones on a POST, reported
 with the new bar's index) and get the same 422.
+
+Generations: a client may name each seeding (PUT) of a stream with a token of its own, and send it with every
+later request (STREAM_GENERATION_HEADER; `StreamClient` does). A replica whose copy of the stream comes from
+another seeding answers 409 stream_unknown, as if it held none: its copy is stale, left behind when the stream
+moved to another replica (a restart, a scale-out) and was re-seeded there, and a new bar appended to it would
+give a wrong decision with no error. Requests without the token are not checked.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -27,6 +34,7 @@ from hrm_platform.serving.stream_schemas import StreamBars, StreamCreate, Stream
 from hrm_platform.serving.streams import Stream, StreamConflict, StreamSettings, StreamStore, plan_append
 
 STREAM_ROUTE = "stream"  # the latency metric's route tag for stream decisions
+STREAM_GENERATION_HEADER = "X-Stream-Generation"  # the client's token for one seeding (PUT) of a stream
 
 # (model, window (bars_needed, 5), position, settings with max_segments/deadline_ms, started, route) -> answer
 Decide = Callable[[Any, np.ndarray, float, StreamSettings, float, str], Awaitable[PredictResponse]]
@@ -43,9 +51,13 @@ class StreamService:
         self._serve = serve
         self._current_model = current_model
         self._decide = decide
+        # stream -> the generation its PUT named (None: none). Weak keys: an entry goes when the store drops its stream.
+        self._generations: WeakKeyDictionary[Stream, str | None] = WeakKeyDictionary()
 
-    async def create(self, stream_id: str, request: StreamCreate, started: float) -> StreamDecision:
-        """Create or reset the stream from its history; the decision for the history's last bar."""
+    async def create(
+        self, stream_id: str, request: StreamCreate, started: float, generation: str | None = None
+    ) -> StreamDecision:
+        """Create or reset the stream from its history, as `generation`; the decision for the history's last bar."""
         model = self._current_model()
         bars_needed = model.engine.bars_needed
         bars = request.bars_array()
@@ -54,15 +66,19 @@ class StreamService:
         settings = StreamSettings(request.position or 0.0, request.max_segments, request.deadline_ms)
         stream = Stream.seed(bars, times, capacity=bars_needed, settings=settings)
         self.store.put(stream_id, stream)
+        self._generations[stream] = generation
         return await self._answer(stream_id, stream, model, settings, started)
 
-    async def append(self, stream_id: str, request: StreamBars, started: float) -> StreamDecision:
-        """Take in new bars (repeats skipped); the decision for the stream's newest bar."""
+    async def append(
+        self, stream_id: str, request: StreamBars, started: float, generation: str | None = None
+    ) -> StreamDecision:
+        """Take in new bars (repeats skipped); the decision for the stream's newest bar. 409 stream_unknown when the
+        replica holds no such stream, or (with `generation`) a copy from another seeding."""
         model = self._current_model()
         bars = request.bars_array()
         _check_count(len(bars), self._serve.max_bars)
         times = request.times_array(len(bars))
-        stream = self._held(stream_id, model.engine.bars_needed)
+        stream = self._held(stream_id, model.engine.bars_needed, generation)
         new_bars, new_times = plan_append(stream, bars, times)  # 409 on an older or conflicting bar
         _check_new_bars(stream.bars, new_bars, skipped=len(bars) - len(new_bars), ratio=self._serve.max_price_ratio)
         stream.append(new_bars, new_times)
@@ -75,10 +91,12 @@ class StreamService:
         )
         return await self._answer(stream_id, stream, model, settings, started)
 
-    def describe(self, stream_id: str) -> StreamInfo:
+    def describe(self, stream_id: str, generation: str | None = None) -> StreamInfo:
         stream = self.store.peek(stream_id)
         if stream is None:
             raise stream_unknown(stream_id, bars_needed=None)
+        if not self._is_generation(stream, generation):
+            raise stream_unknown(stream_id, bars_needed=None, stale=True)
         last = stream.last_time
         return StreamInfo(
             stream_id=stream_id, bars_seen=stream.bars_seen, bars_held=len(stream.bars), bars_needed=stream.capacity,
@@ -91,13 +109,19 @@ class StreamService:
     def delete(self, stream_id: str) -> StreamDeleted:
         return StreamDeleted(stream_id=stream_id, deleted=self.store.delete(stream_id))
 
-    def _held(self, stream_id: str, bars_needed: int) -> Stream:
+    def _held(self, stream_id: str, bars_needed: int, generation: str | None) -> Stream:
         """The stream, or 409 stream_unknown; also when it holds fewer bars than the served model needs (a reload
-        to a model with a longer window)."""
+        to a model with a longer window), and when it comes from another seeding than `generation`."""
         stream = self.store.get(stream_id)
         if stream is None or len(stream.bars) < bars_needed:
             raise stream_unknown(stream_id, bars_needed)
+        if not self._is_generation(stream, generation):
+            raise stream_unknown(stream_id, bars_needed, stale=True)
         return stream
+
+    def _is_generation(self, stream: Stream, generation: str | None) -> bool:
+        """Whether the request may use this copy: it names no generation, or the one the copy was seeded as."""
+        return generation is None or self._generations.get(stream) == generation
 
     async def _answer(
         self, stream_id: str, stream: Stream, model: Any, settings: StreamSettings, started: float
@@ -108,14 +132,12 @@ class StreamService:
         return StreamDecision(**decision.model_dump(), stream_id=stream_id, bars_seen=bars_seen)
 
 
-def stream_unknown(stream_id: str, bars_needed: int | None) -> StreamConflict:
+def stream_unknown(stream_id: str, bars_needed: int | None, stale: bool = False) -> StreamConflict:
     bars = f"at least {bars_needed} bars" if bars_needed is not None else "its history (GET /v1/model: bars_needed)"
-    return StreamConflict(
-        "stream_unknown",
-        f"this replica holds no stream {stream_id!r} (never created here, expired or evicted): "
-        f"PUT /v1/streams/{stream_id} with {bars}",
-        bars_needed,
-    )
+    held = (f"holds a stale copy of stream {stream_id!r} (another {STREAM_GENERATION_HEADER}: it was re-seeded "
+            "elsewhere since)" if stale else f"holds no stream {stream_id!r} (never created here, expired or evicted)")
+    return StreamConflict("stream_unknown", f"this replica {held}: PUT /v1/streams/{stream_id} with {bars}",
+                          bars_needed)
 
 
 def _utc_datetime(epoch_s: float) -> datetime | None:

@@ -104,6 +104,9 @@ def test_fast_ingress_env_runs_haproxy_through_the_wrapper(monkeypatch) -> None:
     assert ingress_env(ServeConfig(ingress_metrics=True))["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"
     ports = [int(env[name]) for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")]
     assert not set(ports) & {8404, 9101}
+    # a stream's requests hash to one replica by X-Stream-Id (others: round robin); off, Ray's leastconn
+    assert env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] == "hdr(X-Stream-Id)"
+    assert ingress_env(ServeConfig(stream_affinity=False))["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] == "leastconn"
 
 
 def test_python_proxy_env_turns_both_switches_off() -> None:

@@ -208,13 +208,13 @@ def test_a_stream_header_naming_another_stream_is_refused_and_changes_nothing(re
     assert client.post("/v1/streams/SYN-1m/bars", json={"bars": BARS[11:12].tolist()}, headers=same).status_code == 200
 
 
-def test_the_stream_header_is_documented_on_every_stream_route(replica):
+def test_the_stream_headers_are_documented_on_the_stream_routes(replica):
     spec = client_for(replica).get("/openapi.json").json()
     routes = [("/v1/streams/{stream_id}", method) for method in ("put", "get", "delete")]
     for path, method in [*routes, ("/v1/streams/{stream_id}/bars", "post")]:
         operation = spec["paths"][path][method]
-        headers = [p["name"] for p in operation["parameters"] if p["in"] == "header"]
-        assert headers == ["X-Stream-Id"], (path, method)
+        headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+        assert headers == {"X-Stream-Id"} | ({"X-Stream-Generation"} if method != "delete" else set()), path
         assert "stream_id_mismatch" in operation["responses"]["400"]["description"], (path, method)
 
 
@@ -223,14 +223,75 @@ def test_the_client_names_its_stream_in_every_request_header(replica):
     from hrm_platform.serving.client import StreamClient
 
     client = client_for(replica)
-    sent: list[tuple[str, str, str | None]] = []
+    sent: list[tuple[str, str, str | None, str | None]] = []
     client.event_hooks = {"request": [lambda request: sent.append(
-        (request.method, request.url.path, request.headers.get("X-Stream-Id")))]}
+        (request.method, request.url.path, request.headers.get("X-Stream-Id"),
+         request.headers.get("X-Stream-Generation")))]}
     stream = StreamClient(client, "SYN-1m")
     stream.open(BARS[:8])
     stream.push(BARS[8:9])
     replica.streams.store.delete("SYN-1m")
     stream.push(BARS[9:10])  # 409, then the re-seed
     assert stream.reseeds == 1 and stream.close()
-    assert [method for method, _, _ in sent] == ["PUT", "POST", "POST", "PUT", "DELETE"]
-    assert {header for _, _, header in sent} == {"SYN-1m"}
+    assert [method for method, _, _, _ in sent] == ["PUT", "POST", "POST", "PUT", "DELETE"]
+    assert {header for _, _, header, _ in sent} == {"SYN-1m"}
+    generations = [generation for _, _, _, generation in sent]  # a new one from each PUT on
+    assert generations[0] == generations[1] == generations[2] != generations[3] == generations[4]
+
+
+class Router:
+    """Two replicas behind one base URL, as StreamClient sees an ingress: `to` says which one answers."""
+
+    def __init__(self, replicas: dict[str, FakeReplica]) -> None:
+        self.clients = {name: client_for(replica) for name, replica in replicas.items()}
+        self.base_url = "http://ingress"
+        self.to = next(iter(replicas))
+        self.cut_next_post = False  # the next POST is taken in, then its answer is lost (a replica killed mid-answer)
+
+    def request(self, method: str, path: str, **kwargs):
+        import httpx
+
+        response = self.clients[self.to].request(method, path, **kwargs)
+        if method == "POST" and self.cut_next_post:
+            self.cut_next_post = False
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return response
+
+
+def test_a_stale_copy_left_on_a_replica_is_refused_and_the_client_reseeds_it():
+    """A stream moves to replica b (409, re-seeded there) and back to a, which still holds its copy from before
+    the move, bars behind: a must answer 409 rather than append the new bar to that gap, and the client
+    re-seeds a, so every decision reads the stream's true last bars_needed bars."""
+    from hrm_platform.serving.client import StreamClient
+
+    replicas = {"a": FakeReplica(ServeConfig()), "b": FakeReplica(ServeConfig())}
+    router = Router(replicas)
+    stream = StreamClient(router, "SYN-1m")
+    stream.open(BARS[:8])
+    for row, replica in [(8, "a"), (9, "a"), (10, "b"), (11, "b"), (12, "a"), (13, "a")]:
+        router.to = replica
+        stream.push(BARS[row : row + 1])
+        assert np.array_equal(replicas[replica].windows[-1], BARS[row + 1 - BARS_NEEDED : row + 1]), (row, replica)
+    assert stream.reseeds == 2  # on b at bar 10, on a again at bar 12
+    stale = replicas["b"].streams.store.peek("SYN-1m")
+    assert stale is not None and np.array_equal(stale.bars[-1], BARS[11])  # b's copy, left behind at bar 11
+    refused = router.clients["b"].get("/v1/streams/SYN-1m", headers=stream._headers())
+    assert refused.status_code == 409 and "stale copy" in refused.json()["detail"], refused.text
+    assert router.clients["b"].get("/v1/streams/SYN-1m").status_code == 200  # without a generation: not checked
+
+
+def test_a_push_whose_answer_is_lost_is_reseeded_not_sent_twice():
+    """The replica took the bar in, then the answer was lost: the client re-seeds (PUT its bars and the new one)
+    rather than POSTing the bar again, which would append it twice (no timestamps here to spot the repeat)."""
+    from hrm_platform.serving.client import StreamClient
+
+    replica = FakeReplica(ServeConfig())
+    router = Router({"a": replica})
+    stream = StreamClient(router, "SYN-1m")
+    stream.open(BARS[:8])
+    router.cut_next_post = True
+    answer = stream.push(BARS[8:9])
+    assert stream.reseeds == 1 and answer["bars_seen"] == 8  # the re-seed's PUT: the client's last 8 bars
+    stream.push(BARS[9:10])
+    assert np.array_equal(replica.windows[-1], BARS[10 - BARS_NEEDED : 10])
+    assert np.array_equal(replica.streams.store.peek("SYN-1m").bars, BARS[10 - BARS_NEEDED : 10])
