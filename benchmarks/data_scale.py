@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--instruments", type=int, default=16)
     parser.add_argument("--base-bars", type=int, default=15_625, help="bars per instrument at 1x")
-    parser.add_argument("--steps", type=int, default=100, help="training steps per worker")
+    parser.add_argument("--steps", type=int, default=150, help="training steps per worker")
     parser.add_argument("--batch", type=int, default=256, help="windows per step per worker")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
