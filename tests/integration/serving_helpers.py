@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import httpx
 import numpy as np
 import pytest
@@ -26,3 +29,27 @@ def assert_same_decision(answer: dict, prediction, position: float = 0.0, tolera
         assert answer["probabilities"][name] == pytest.approx(probability, abs=tolerance)
     assert answer["target_position"] == pytest.approx(prediction.target_position, abs=tolerance)
     assert answer["trade"] == pytest.approx(prediction.target_position - position, abs=tolerance)
+
+
+@contextmanager
+def side_app(serve_app, name: str, route_prefix: str, **settings) -> Iterator[str]:
+    """Another app of the session's checkpoint beside the session's own, on its Serve (the same ingress and token),
+    with `settings` replacing ServeConfig fields; yields its base URL, and removes it afterwards. Deploying one
+    costs seconds, where redeploying the session app (to change a setting, then back) costs a minute."""
+    from hrm_platform.config import ServeConfig
+    from hrm_platform.serving.app import application_config
+    from hrm_platform.serving.lifecycle import _deploy_applications, _deployed_applications, _wait_until_running
+
+    serve_config = ServeConfig.model_validate({**serve_app.serve_config.model_dump(), **settings})
+    env_vars = {serve_config.auth_token_env: serve_app.token}
+    applications = _deployed_applications()
+    applications[name] = application_config(str(serve_app.checkpoint), serve_config, env_vars) | {
+        "name": name, "route_prefix": route_prefix}
+    _deploy_applications(list(applications.values()))
+    _wait_until_running(name, serve_config.start_timeout_s)
+    try:
+        yield serve_app.url + route_prefix
+    finally:
+        applications = _deployed_applications()
+        applications.pop(name, None)
+        _deploy_applications(list(applications.values()))  # the session's app stays as it is

@@ -5,14 +5,13 @@ lands within noise of the memory loader's, equal DDP shards, and bad files refus
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from hrm_platform import cli
 from hrm_platform.checkpoint import load_manifest
 from hrm_platform.config import PlatformConfig, load_config
 from hrm_platform.data.dataset import SPLITS, build_datasets, load_bars
@@ -113,21 +112,20 @@ def test_two_workers_stream_equal_shards_in_lockstep(ray_cluster, parquet_market
     assert history[0]["param_fingerprints"][0] != history[1]["param_fingerprints"][0]
 
 
-def test_a_bad_part_file_is_refused_with_its_file_and_row_before_training(parquet_market, tmp_path) -> None:
+def test_a_bad_part_file_is_refused_with_its_file_and_row_before_training(ray_cluster, parquet_market, tmp_path,
+                                                                          capsys) -> None:
     market = tmp_path / "bad"
     bars, _ = load_bars(load_config(SMOKE_PRESET, MARKET).data)
     write_parquet_market(bars, str(market), rows_per_file=500)
     part = sorted(market.glob("symbol=*/part-*.parquet"))[4]
     table = pq.read_table(part)
     pq.write_table(table.take([0, 2, 1, *range(3, table.num_rows)]), part)  # rows 2 and 3 swapped
-    result = subprocess.run(
-        [sys.executable, "-m", "hrm_platform.cli", "train", "--config", str(SMOKE_PRESET), *MARKET,
-         "data.source=file", f"data.path={market}", "data.loader=ray_data", f"train.storage_path={tmp_path / 'runs'}"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert f"{part}: row 3: unsorted" in result.stderr
-    assert "Traceback" not in result.stderr
+    code = cli.main(["train", "--config", str(SMOKE_PRESET), *MARKET, "data.source=file", f"data.path={market}",
+                     "data.loader=ray_data", f"train.storage_path={tmp_path / 'runs'}"])  # on the session cluster
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr[-2000:]
+    assert f"{part}: row 3: unsorted" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "runs").exists()  # refused on the driver, before any worker trained
 
 
 def test_walk_forward_checks_a_parquet_market_from_its_footers(parquet_market) -> None:

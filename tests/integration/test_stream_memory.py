@@ -17,7 +17,7 @@ import pytest
 
 from hrm_platform.data.market import generate_market
 from hrm_platform.data.ohlcv import BAR_COLUMNS
-from tests.integration.serving_helpers import health
+from tests.integration.serving_helpers import health, side_app
 
 pytestmark = pytest.mark.ray
 STREAMS_PER_CLIENT = 2
@@ -26,6 +26,7 @@ WARM_UP = 400  # updates before the first reading: the allocator's pools, the ca
 UPDATES = 10_000
 MAX_RSS_GROWTH = 0.10
 SMALL_MAX_STREAMS = 3
+LIMITS_APP, LIMITS_ROUTE = "hrm-limits", "/limits"
 SMALL_IDLE_S = 1.5  # long enough for the test's own requests between PUT and the sweep, even on a loaded machine
 START = datetime(2026, 1, 5, 9, 30, tzinfo=timezone.utc).timestamp()
 
@@ -98,22 +99,13 @@ def test_memory_stays_flat_over_ten_thousand_stream_updates(serve_app, client, e
 
 
 @pytest.fixture
-def small_stream_limits(serve_app, client):
-    """The session app redeployed with serve.max_streams=SMALL_MAX_STREAMS and serve.stream_idle_s=SMALL_IDLE_S
-    (Serve replaces the replica: the limits are read when a replica starts), then redeployed as it was."""
-    from hrm_platform.config import ServeConfig
-    from hrm_platform.serving.lifecycle import start_server
-
-    original = serve_app.serve_config
-    small = ServeConfig.model_validate({**original.model_dump(), "max_streams": SMALL_MAX_STREAMS,
-                                        "stream_idle_s": SMALL_IDLE_S})
-    try:
-        start_server(serve_app.checkpoint, small)
-        wait_for_stream_limits(client, SMALL_MAX_STREAMS, SMALL_IDLE_S, small.start_timeout_s)
-        yield small
-    finally:
-        start_server(serve_app.checkpoint, original)
-        wait_for_stream_limits(client, original.max_streams, original.stream_idle_s, original.start_timeout_s)
+def small_stream_limits(serve_app):
+    """A side app with serve.max_streams=SMALL_MAX_STREAMS and serve.stream_idle_s=SMALL_IDLE_S beside the session's
+    (the limits are read when a replica starts); a client of it."""
+    with side_app(serve_app, LIMITS_APP, LIMITS_ROUTE, max_streams=SMALL_MAX_STREAMS, stream_idle_s=SMALL_IDLE_S) as url:
+        with httpx.Client(base_url=url, headers=serve_app.headers, timeout=30.0) as client:
+            wait_for_stream_limits(client, SMALL_MAX_STREAMS, SMALL_IDLE_S, serve_app.serve_config.start_timeout_s)
+            yield client
 
 
 def wait_for_stream_limits(client: httpx.Client, max_streams: int, idle_s: float, timeout_s: float) -> None:
@@ -131,8 +123,8 @@ def wait_for_stream_limits(client: httpx.Client, max_streams: int, idle_s: float
     raise AssertionError(f"no replica with max_streams={max_streams}, stream_idle_s={idle_s} after {timeout_s} s")
 
 
-@pytest.mark.slow  # two redeploys of the session app (~60 s on 2 cores); the test itself takes ~2 s
-def test_a_replica_bounds_and_expires_streams_as_configured(client, engine, small_stream_limits):
+def test_a_replica_bounds_and_expires_streams_as_configured(engine, small_stream_limits, serve_app):
+    client, interval_s = small_stream_limits, serve_app.serve_config.memory_check_interval_s
     needed, names = engine.bars_needed, [f"limit-{index}" for index in range(SMALL_MAX_STREAMS + 1)]
     bars = stream_bars(needed)[0]
     for name in names:  # one more than the bound: the least recently used (the first) goes
@@ -146,9 +138,9 @@ def test_a_replica_bounds_and_expires_streams_as_configured(client, engine, smal
     assert all(client.get(f"/v1/streams/{name}", headers=named(name)).status_code == 200 for name in names[1:])
 
     # Idle past stream_idle_s: the replica's periodic sweep drops them, with no request touching them.
-    deadline = time.monotonic() + SMALL_IDLE_S + 10 * small_stream_limits.memory_check_interval_s + 5.0
+    deadline = time.monotonic() + SMALL_IDLE_S + 10 * interval_s + 5.0
     while health(client)["streams"]["count"] > 0 and time.monotonic() < deadline:
-        time.sleep(small_stream_limits.memory_check_interval_s)
+        time.sleep(interval_s)
     streams = health(client)["streams"]
     assert streams["count"] == 0 and streams["expired"] == SMALL_MAX_STREAMS and streams["bytes"] == 0
     expired = client.post(f"/v1/streams/{names[1]}/bars", json={"bars": bars[needed : needed + 1].tolist()},

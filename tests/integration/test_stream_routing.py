@@ -36,12 +36,11 @@ import pytest
 
 from hrm_platform.data.market import generate_market
 from hrm_platform.data.ohlcv import BAR_COLUMNS
-from hrm_platform.serving.app import application_config
 from hrm_platform.serving.client import ClientError, StreamClient
 from hrm_platform.serving.ingress import STREAM_ID_HEADER
-from hrm_platform.serving.lifecycle import _deploy_applications, _deployed_applications, _wait_until_running
 from hrm_platform.serving.replica import DEPLOYMENT_NAME
 from hrm_platform.serving.stream_schemas import EXAMPLE_START, EXAMPLE_STEP_S
+from tests.integration.serving_helpers import side_app
 from tests.integration.test_serve_streams import decision
 from tests.reliability.harness import FAIL_FAST_S, kill_replica, serve_replicas, wait_for_replacement
 
@@ -81,17 +80,8 @@ def routing_app(serve_app):
     Batches of one: the engine is not batch-invariant (a window's float32 probabilities differ by an ulp or so
     between batches of different sizes: 23 of 32 windows, batch 1 vs batch 32), so two replicas' answers to one
     window compare bit for bit only when both are computed alone. That keeps the check exact."""
-    serve_config = serve_app.serve_config.model_copy(update={"num_replicas": REPLICAS, "max_batch_size": 1})
-    env_vars = {serve_config.auth_token_env: serve_app.token}
-    applications = _deployed_applications()
-    applications[ROUTING_APP] = application_config(str(serve_app.checkpoint), serve_config, env_vars) | {
-        "name": ROUTING_APP, "route_prefix": ROUTE_PREFIX}
-    _deploy_applications(list(applications.values()))
-    _wait_until_running(ROUTING_APP, serve_config.start_timeout_s)
-    yield serve_app.url + ROUTE_PREFIX
-    applications = _deployed_applications()
-    applications.pop(ROUTING_APP, None)
-    _deploy_applications(list(applications.values()))  # the session's app stays as it is
+    with side_app(serve_app, ROUTING_APP, ROUTE_PREFIX, num_replicas=REPLICAS, max_batch_size=1) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
