@@ -20,71 +20,20 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hrm_platform.cli_args import (
+    CommandParser,
+    PrintVersion,
+    add_config_args,
+    add_data_arg,
+    add_verbose_arg,
+    version_text,
+)
 from hrm_platform.config import PARQUET_ROWS_PER_FILE, ConfigError, PlatformConfig, ServeConfig, load_config
 
+__all__ = ["main", "version_text"]
+
 DEMO_PRESET = Path("jobs/configs/demo.yaml")  # relative to the repository root, where `make demo` runs
-PACKAGE = "hrm-platform"  # the distribution whose version `hrm --version` prints
 _SERVE_DEFAULTS = ServeConfig.model_fields  # `hrm predict` defaults to the server `hrm serve` starts
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends `(default: X)` to an argument's help only where there is a default to show."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        default = action.default
-        if default is None or default is False or default == [] or default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _CommandParser(argparse.ArgumentParser):
-    """A subcommand's parser: its --help shows every default."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(formatter_class=_HelpFormatter, **kwargs)
-
-
-class _PrintVersion(argparse.Action):
-    """`hrm --version`; the version is looked up only when asked, so `hrm --help` stays instant."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace, values, option_string=None) -> None:
-        print(version_text())  # on stdout, as argparse's own version action does
-        parser.exit()
-
-
-def version_text() -> str:
-    """`hrm 0.1.0 (git 1a2b3c4)`, without the revision outside a git checkout."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from hrm_platform.checkpoint import git_revision
-
-    try:
-        package_version = version(PACKAGE)
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        package_version = "unknown"
-    revision = git_revision()
-    return f"hrm {package_version}" + (f" (git {revision[:7]})" if revision else "")
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", type=Path, default=None, help="YAML preset whose values replace the built-in defaults"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key.sub=value",
-        help="config overrides applied on top of the preset, e.g. train.epochs=3 (`hrm config --keys` lists them)",
-    )
-
-
-def _add_data_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data", default=None, metavar="FILE",
-        help="OHLCV CSV/Parquet file, or a partitioned-Parquet market folder or URI, instead of the synthetic "
-        "market (= data.source=file data.path=FILE)",
-    )
 
 
 def _config(args: argparse.Namespace) -> PlatformConfig:
@@ -285,21 +234,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_verbose_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--verbose", action="store_true",
-        help="also show Ray's own logs (its workers' output and INFO lines); by default only ours and errors",
-    )
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hrm", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action=_PrintVersion)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
+    parser.add_argument("--version", action=PrintVersion)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     data = commands.add_parser("data", help="build the datasets and print a summary")
-    _add_config_args(data)
-    _add_data_arg(data)
+    add_config_args(data)
+    add_data_arg(data)
     data.add_argument(
         "--to-parquet", metavar="DIR|URI", default=None,
         help="write the market as partitioned Parquet (DIR/symbol=<SYMBOL>/part-*.parquet, data/parquet.py) into a "
@@ -312,10 +254,10 @@ def _build_parser() -> argparse.ArgumentParser:
     data.set_defaults(handler=_cmd_data)
 
     train = commands.add_parser("train", help="train on an embedded local Ray cluster")
-    _add_config_args(train)
-    _add_data_arg(train)
+    add_config_args(train)
+    add_data_arg(train)
     train.add_argument("--json", action="store_true", help="print a machine-readable summary only")
-    _add_verbose_arg(train)
+    add_verbose_arg(train)
     train.set_defaults(handler=_cmd_train)
 
     evaluate = commands.add_parser(
@@ -327,7 +269,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", metavar="DIR|URI", default=None, help="checkpoint to backtest (storage.py)")
     evaluate.add_argument("--walk-forward", type=int, default=None, metavar="K", help="folds to train and test")
     evaluate.add_argument("--config", type=Path, default=None, help="YAML preset for --walk-forward")
-    _add_data_arg(evaluate)
+    add_data_arg(evaluate)
     evaluate.add_argument(
         "--out", type=Path, metavar="DIR", default=Path("artifacts/eval"), help="folder for metrics, plots, report.md"
     )
@@ -336,7 +278,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --checkpoint: eval.*, data.* and baselines.* changes, e.g. eval.cost_bps=5; with "
         "--walk-forward: any setting, e.g. train.epochs=2",
     )
-    _add_verbose_arg(evaluate)
+    add_verbose_arg(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     export = commands.add_parser("export", help="measure engine variants and write the serving manifest")
@@ -351,7 +293,7 @@ def _build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_cmd_export)
 
     serve = commands.add_parser("serve", help="serve a checkpoint over HTTP until interrupted")
-    _add_config_args(serve)
+    add_config_args(serve)
     serve.add_argument("--checkpoint", metavar="DIR|URI", required=True, help="checkpoint to serve (storage.py)")
     serve.set_defaults(handler=_cmd_serve)
 
@@ -361,7 +303,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "`eval \"$(hrm serve-env)\"` before `ray start` or `serve run` gives it the HAProxy ingress bound to "
         "serve.host (or Serve's Python proxy with serve.fast_ingress=false) and keeps Ray on loopback.",
     )
-    _add_config_args(serve_env)
+    add_config_args(serve_env)
     serve_env.set_defaults(handler=_cmd_serve_env)
 
     predict = commands.add_parser("predict", help="send bars from a CSV/Parquet file to a running server")
@@ -385,17 +327,17 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=_cmd_predict)
 
     demo = commands.add_parser("demo", help="data -> train -> evaluate -> export -> serve -> requests")
-    _add_config_args(demo)
+    add_config_args(demo)
     # The demo preset sizes the model for a few minutes on 2 CPUs; the built-in defaults are the serving size.
     demo.set_defaults(config=DEMO_PRESET if DEMO_PRESET.is_file() else None)
-    _add_data_arg(demo)
+    add_data_arg(demo)
     demo.add_argument(
         "--out", type=Path, metavar="DIR", default=Path("artifacts/demo"), help="folder for the report and summary.json"
     )
     demo.add_argument(
         "--keep-serving", action="store_true", help="keep the server up after the demo (Ctrl-C stops it)"
     )
-    _add_verbose_arg(demo)
+    add_verbose_arg(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     config = commands.add_parser(
@@ -403,7 +345,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Without --keys: the configuration a command would run with, as YAML (a preset for --config). "
         "With --keys: every setting as section.key, its default and what it does.",
     )
-    _add_config_args(config)
+    add_config_args(config)
     config.add_argument("--keys", action="store_true", help="list every key with its default and description")
     config.set_defaults(handler=_cmd_config)
 
