@@ -28,11 +28,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT_PREFIX = "RESULT "
@@ -65,6 +67,7 @@ class LocalCluster:
     cluster: Any  # ray.cluster_utils.Cluster
     nodes: list[Any] = field(default_factory=list)  # the worker nodes alive, oldest first
     previous_address: str | None = None  # Ray's "current cluster" address before this one started
+    proxies: list[psutil.Process] = field(default_factory=list)  # Serve's HAProxy processes seen on its nodes
 
     @property
     def address(self) -> str:
@@ -77,6 +80,7 @@ class LocalCluster:
         return node
 
     def remove_node(self, node: Any) -> None:
+        self.proxies += _serve_proxies(self.address)  # a killed node's HAProxy is orphaned: stop_cluster ends it
         self.nodes.remove(node)
         self.cluster.remove_node(node, allow_graceful=False)
 
@@ -109,14 +113,29 @@ def stop_cluster(local: LocalCluster) -> None:
     """Kill every node. Not `Cluster.shutdown()`: it also resets this process's Ray KV client, which belongs to
     the session's cluster when this process is its driver; and Ray's "current cluster" file (`ray status`,
     address="auto") points at the session's cluster again, as before `start_cluster`."""
+    proxies = local.proxies + _serve_proxies(local.address)
     for node in list(local.nodes):
         local.remove_node(node)
     local.cluster.remove_node(local.cluster.head_node, allow_graceful=False)
+    for proxy in proxies:  # Serve's HAProxy outlives a node killed without grace: it would run on, orphaned
+        with suppress(psutil.NoSuchProcess):  # psutil checks the pid was not reused before it kills
+            proxy.kill()
     address_file = _ray_address_file()
     if local.previous_address is None:
         address_file.unlink(missing_ok=True)
     else:
         address_file.write_text(local.previous_address)
+
+
+def _serve_proxies(address: str) -> list[psutil.Process]:
+    """The HAProxy processes Serve started on this cluster's nodes: descendants of the raylets whose command line
+    names this cluster's GCS address."""
+    proxies = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if process.info["name"] == "raylet" and any(address in part for part in process.info["cmdline"] or []):
+                proxies += [child for child in process.children(recursive=True) if "haproxy" in child.name()]
+    return proxies
 
 
 @contextmanager
