@@ -23,7 +23,6 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -51,8 +50,6 @@ class StreamService:
         self._serve = serve
         self._current_model = current_model
         self._decide = decide
-        # stream -> the generation its PUT named (None: none). Weak keys: an entry goes when the store drops its stream.
-        self._generations: WeakKeyDictionary[Stream, str | None] = WeakKeyDictionary()
 
     async def create(
         self, stream_id: str, request: StreamCreate, started: float, generation: str | None = None
@@ -64,9 +61,8 @@ class StreamService:
         check_bars(bars, bars_needed, self._serve.max_bars, self._serve.max_price_ratio)  # /v1/predict's 422
         times = request.times_array(len(bars))
         settings = StreamSettings(request.position or 0.0, request.max_segments, request.deadline_ms)
-        stream = Stream.seed(bars, times, capacity=bars_needed, settings=settings)
+        stream = Stream.seed(bars, times, capacity=bars_needed, settings=settings, generation=generation)
         self.store.put(stream_id, stream)
-        self._generations[stream] = generation
         return await self._answer(stream_id, stream, model, settings, started)
 
     async def append(
@@ -121,7 +117,7 @@ class StreamService:
 
     def _is_generation(self, stream: Stream, generation: str | None) -> bool:
         """Whether the request may use this copy: it names no generation, or the one the copy was seeded as."""
-        return generation is None or self._generations.get(stream) == generation
+        return generation is None or stream.generation == generation
 
     async def _answer(
         self, stream_id: str, stream: Stream, model: Any, settings: StreamSettings, started: float

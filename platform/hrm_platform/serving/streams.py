@@ -59,12 +59,16 @@ class Stream:
     settings: StreamSettings
     bars_seen: int  # every bar taken in since the PUT, its history included
     last_used: float = field(default=0.0)  # the store's timer at the stream's last request
+    generation: str | None = None  # the client's token for the PUT that seeded it (stream_service.py); None: none
 
     @classmethod
-    def seed(cls, bars: np.ndarray, times: np.ndarray | None, capacity: int, settings: StreamSettings) -> Stream:
+    def seed(
+        cls, bars: np.ndarray, times: np.ndarray | None, capacity: int, settings: StreamSettings,
+        generation: str | None = None,
+    ) -> Stream:
         times = _times_or_nan(times, len(bars))
         return cls(np.ascontiguousarray(bars[-capacity:], dtype=np.float64), times[-capacity:].copy(), capacity,
-                   settings, bars_seen=len(bars))
+                   settings, bars_seen=len(bars), generation=generation)
 
     @property
     def last_time(self) -> float:
