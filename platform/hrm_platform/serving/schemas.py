@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, model_validator
 
 from hrm_platform.actions import ACTIONS
-from hrm_platform.data.ohlcv import BAR_COLUMNS, column_key, find_bar_problem
+from hrm_platform.data.ohlcv import BAR_COLUMNS, bars_valid, column_key, find_bar_problem
 
 Action = Literal[ACTIONS]  # "hold", "buy", "sell"
 Number = Annotated[float, Strict()]  # JSON numbers only: "1.5" as a string is rejected, not coerced
@@ -225,6 +225,8 @@ def check_bars(bars: np.ndarray, bars_needed: int, max_bars: int, max_price_rati
         raise InvalidRequest(field, f"got {count} bars; this model needs at least {bars_needed}")
     if count > max_bars:
         raise InvalidRequest(field, f"got {count} bars; at most {max_bars} are accepted per request")
+    if bars_valid(bars, max_price_ratio):  # the common case, checked in a few reductions
+        return
     problem = find_bar_problem(bars, max_price_ratio)
     if problem is not None:
         row, what = problem

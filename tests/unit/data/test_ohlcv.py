@@ -247,3 +247,39 @@ def test_find_bar_problem_names_first_bad_row(row: list[float], expected: str) -
 def test_find_bar_problem_rejects_wrong_shape() -> None:
     with pytest.raises(ValueError, match=r"shape \(N, 5\)"):
         find_bar_problem(np.ones((3, 4)))
+
+
+def _perturbed_bars(seed: int) -> np.ndarray:
+    """Real bars with one or two cells replaced by a value that may break a rule (or may not: an equal high and
+    low, a close exactly at the jump bound), so both answers of the check come up often."""
+    rng = np.random.default_rng(seed)
+    values = generate_market(1, 60, seed=seed % 7, horizon=4).bars["SYN00"][list(BAR_COLUMNS)].to_numpy()[:, :]
+    values = values[: rng.integers(1, 60)].copy()
+    specials = [np.nan, np.inf, -np.inf, 0.0, -1.0, 1e308, -0.0]
+    for _ in range(rng.integers(0, 3)):
+        row, column = rng.integers(0, len(values)), rng.integers(0, 5)
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            values[row, column] = specials[rng.integers(0, len(specials))]
+        elif kind == 1:  # another cell of the same bar: high = low, open = high, ...
+            values[row, column] = values[row, rng.integers(0, 5)]
+        elif kind == 2:  # a price far from the rest: beyond the jump bound or just inside it
+            values[row, column] = np.median(values[:, 3]) * rng.choice([0.099, 0.1, 9.99, 10.0, 10.01, 50.0])
+        else:
+            values[row, column] *= rng.uniform(0.9, 1.1)
+    return values
+
+
+@pytest.mark.parametrize("max_price_ratio", [None, 10.0, 1.05])
+def test_bars_valid_agrees_with_find_bar_problem(max_price_ratio: float | None) -> None:
+    """The hot path's whole-array check says valid exactly when the rule-by-rule check finds no problem."""
+    from hrm_platform.data.ohlcv import bars_valid
+
+    answers = []
+    for seed in range(600):
+        values = _perturbed_bars(seed)
+        valid = bars_valid(values, max_price_ratio)
+        assert valid == (find_bar_problem(values, max_price_ratio) is None), (seed, values)
+        answers.append(valid)
+    assert 0.2 < np.mean(answers) < 0.9  # both outcomes were exercised
+    assert bars_valid(np.empty((0, 5)), max_price_ratio)
