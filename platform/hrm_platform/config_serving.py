@@ -45,8 +45,14 @@ class ServeConfig(Strict):
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(
-        0.0, ge=0, description="how long a batch waits to fill; 0 = take what queued while the engine was busy "
-        "(a wait adds itself to p50 at concurrency 1; the README's benchmark found no throughput gain at 32)",
+        0.003, ge=0, description="longest wait of a queued cache miss for its batch to fill to half the requests in "
+        "the replica (serving/batcher.py); a miss alone in the replica never waits. 0 = take what queued",
+    )
+    lean_path: bool = Field(
+        True,
+        description="POST /v1/predict and /v1/predict/batch parse the body straight into numpy and check bars "
+        "vectorised (serving/lean_path.py), answering as the FastAPI + pydantic route would, byte for byte in "
+        "errors; false: that route parses them (the path before issue 21, kept for comparison)",
     )
     cache_size: int = Field(1000, ge=0, description="entries per replica; 0 disables the cache")
     cache_ttl_s: float = Field(2.0, gt=0)
@@ -96,7 +102,10 @@ class ServeConfig(Strict):
         "is refused (422): an implausible jump, e.g. a 1e308 close after closes near 100",
     )
     auth_token_env: str = Field("HRM_API_TOKEN", description="env var holding the bearer token; unset = no auth")
-    access_log: bool = Field(True, description="Serve's per-request access log lines")
+    access_log: bool = Field(
+        False, description="Serve's per-request access log lines in the replica's log (a log record per request "
+        "on the replica's event loop, so off by default; HAProxy and the hrm_* metrics still see every request)",
+    )
     fast_ingress: bool = Field(
         True,
         description="Ray's HAProxy ingress + throughput-optimised data plane (README: HTTP API has the p50 of both); "

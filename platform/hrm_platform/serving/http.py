@@ -34,6 +34,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hrm_platform.config import ServeConfig
+from hrm_platform.serving.errors import (
+    JSON_MEDIA_TYPE,
+    STARTED_KEY,
+    STATUS_CODES,
+    error_response,
+    http_error_response,
+    invalid_request_response,
+    started_at,
+)
+from hrm_platform.serving.lean_path import LeanPredict
 from hrm_platform.serving.schemas import (
     MAX_BATCH_REQUESTS,
     BatchRequest,
@@ -54,13 +64,9 @@ logger = logging.getLogger(__name__)
 
 PROTECTED_PREFIXES = ("/v1/predict", "/v1/model", STREAMS_PREFIX)  # every route that runs or describes the model
 BATCH_PATH = "/v1/predict/batch"
-RETRY_AFTER_S = 1
-JSON_MEDIA_TYPE = "application/json"
 BYTES_PER_BAR = 55  # a real row as JSON, e.g. `[172.216, 172.283, 172.139, 172.262, 12640.5], `: sizes the docs
 DOCS_ASSETS_URL = "/docs/assets"
 DOCS_ASSETS_PACKAGE = ("fastapi_offline", "static")  # swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js
-STATUS_CODES = {400: "invalid_json", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request", 503: "overloaded"}
 
 
 def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -98,7 +104,10 @@ def create_api(service: Service, serve: ServeConfig, auth_token: str | None) -> 
     _add_routes(api, service, serve)
     _add_docs(api)
     _add_error_handlers(api)
-    # Starlette runs the middleware added last first: the token is checked before the body is read.
+    # Starlette runs the middleware added last first: the token is checked before the body is read, and the body
+    # limit holds before the lean path (serve.lean_path) reads a prediction's body.
+    if serve.lean_path:
+        api.add_middleware(LeanPredict, service=service)
     api.add_middleware(BodyLimit, default=ByteLimit(serve.max_body_bytes, "serve.max_body_bytes"),
                        by_path={BATCH_PATH: ByteLimit(serve.max_batch_body_bytes, "serve.max_batch_body_bytes")})
     api.add_middleware(BearerToken, token=auth_token, protected_prefixes=PROTECTED_PREFIXES)
@@ -202,7 +211,7 @@ def _add_docs(api: FastAPI) -> None:
 
 
 def _started(request: Request) -> float:
-    return request.scope.get("hrm.started", time.perf_counter())
+    return started_at(request.scope)
 
 
 class NotJSON(Exception):
@@ -226,11 +235,6 @@ async def require_json(request: Request) -> None:
 # ------------------------------------------------------------------------------------------------ errors
 
 
-def error_response(status: int, error: str, detail: str, field: str | None = None, headers=None) -> JSONResponse:
-    body = ErrorResponse(error=error, field=field, detail=detail).model_dump()
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 def _add_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -246,7 +250,7 @@ def _add_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(InvalidRequest)
     async def invalid_request(_: Request, error: InvalidRequest) -> JSONResponse:
-        return error_response(422, "invalid_request", error.detail, field=error.field)
+        return invalid_request_response(error)
 
     @api.exception_handler(NotJSON)
     async def not_json(_: Request, error: NotJSON) -> JSONResponse:
@@ -254,17 +258,12 @@ def _add_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
-        code = STATUS_CODES.get(error.status_code, "error")
-        return error_response(error.status_code, code, str(error.detail), headers=error.headers)
+        return http_error_response(error)
 
     @api.exception_handler(Exception)
     async def internal_error(_: Request, error: Exception) -> JSONResponse:
         logger.exception("unhandled error in a request")
         return error_response(500, "internal_error", f"{type(error).__name__}: the server could not answer")
-
-
-def overloaded(detail: str) -> HTTPException:
-    return HTTPException(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 # -------------------------------------------------------------------------------------------- middleware
@@ -283,7 +282,7 @@ class BearerToken:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope["hrm.started"] = time.perf_counter()
+        scope[STARTED_KEY] = time.perf_counter()
         if self.expected is not None and scope["path"].startswith(self.protected_prefixes):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):

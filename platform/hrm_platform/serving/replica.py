@@ -25,7 +25,6 @@ The app around it is built by `serving/app.py`; `serving/lifecycle.py` starts, r
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
@@ -40,9 +39,11 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 from hrm_platform.checkpoint import MANIFEST_FILE
 from hrm_platform.config import ServeConfig
+from hrm_platform.serving.batcher import EngineBatcher
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import InferenceEngine, Prediction
-from hrm_platform.serving.http import create_api, overloaded
+from hrm_platform.serving.errors import overloaded
+from hrm_platform.serving.http import create_api
 from hrm_platform.serving.ingress import keep_replica_grpc_on_loopback
 from hrm_platform.serving.memory_guard import ReplicaMemoryMonitor, connect_memory_guard
 from hrm_platform.serving.schemas import (
@@ -157,12 +158,8 @@ class HRMDeployment:
         self._cache = PredictionCache(self._serve.cache_size, self._serve.cache_ttl_s)
         self._streams = StreamStore(self._serve.max_streams, self._serve.stream_idle_s)
         self.streams = StreamService(self._streams, self._serve, self._current_model, self.decide)  # /v1/streams
-        self._inference = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrm-engine")
-        self._computing = 0  # cache misses between _compute's entry and exit
-        self._engine_calls = {"inline": 0, "batched": 0, "batched_rows": 0, "largest_batch": 0}
+        self._batcher = EngineBatcher(_predict_items, self._serve.max_batch_size, self._serve.batch_wait_timeout_s)
         self._metrics = ServingMetrics()
-        self._run_batch.set_max_batch_size(self._serve.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(self._serve.batch_wait_timeout_s)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._guard = connect_memory_guard(
             self._serve.memory_limit_gb, self._serve.memory_soft_fraction, self._serve.memory_stale_after_s
@@ -255,7 +252,7 @@ class HRMDeployment:
             replica=self._replica_id,
             memory=await self._memory_state(),
             cache=self._cache.stats(),
-            engine_calls=dict(self._engine_calls),
+            engine_calls=self._batcher.stats.as_dict(),
             reload_error=self._reload_error,
             streams=self._streams.stats(),
         )
@@ -301,7 +298,8 @@ class HRMDeployment:
             self._metrics.cache_hits.inc()
         else:
             self._metrics.cache_misses.inc()
-            prediction = await self._compute(prepared)
+            with self._batcher.request():
+                prediction = await self._batcher.submit(prepared)
             self._metrics.segments_used.observe(prediction.segments)
             self._cache.put(prepared.cache_key, prediction)
         latency_ms = (time.perf_counter() - started) * 1e3
@@ -310,42 +308,6 @@ class HRMDeployment:
             prediction, position=prepared.position, cached=cached, model_version=prepared.model.version,
             latency_ms=latency_ms,
         )
-
-    async def _compute(self, prepared: PreparedRequest) -> Prediction:
-        """A cache miss. Alone in the replica, it is computed at once on the loop: the batch queue's hand-offs
-        are a sizeable share of a lone request's p50 (README, HTTP API). With others in flight it joins `_run_batch`, which gathers concurrent
-        misses into one engine call. The yield first lets requests that arrived together register, so that
-        the first of a burst does not take the inline path while the rest wait behind it."""
-        self._computing += 1
-        try:
-            await asyncio.sleep(0)
-            if self._computing == 1:
-                self._engine_calls["inline"] += 1
-                engine = prepared.model.engine
-                return engine.predict_bars([prepared.bars], [prepared.budget])[0]
-            return await self._run_batch(prepared)
-        finally:
-            self._computing -= 1
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # both replaced from ServeConfig in __init__
-    async def _run_batch(self, items: list[PreparedRequest]) -> list[Prediction]:
-        """Concurrent cache misses -> one engine call per model (two only while a reload swaps models)."""
-        results: list[Prediction | None] = [None] * len(items)
-        calls = self._engine_calls
-        calls["batched"] += 1
-        calls["batched_rows"] += len(items)
-        calls["largest_batch"] = max(calls["largest_batch"], len(items))
-        for model, indices in _group_by_model(items).items():
-            arguments = ([items[i].bars for i in indices], [items[i].budget for i in indices])
-            if len(items) == 1:  # nothing queued behind it: skip the thread hop (latency)
-                predictions = model.engine.predict_bars(*arguments)
-            else:  # requests are queueing: parse and validate them on the loop while this batch computes
-                predictions = await asyncio.get_running_loop().run_in_executor(
-                    self._inference, model.engine.predict_bars, *arguments
-                )
-            for index, prediction in zip(indices, predictions):
-                results[index] = prediction
-        return results
 
     async def _memory_state(self) -> dict[str, Any]:
         reading = self._monitor.last_reading
@@ -371,6 +333,16 @@ def _segment_budget(request: PredictRequest | StreamSettings, engine: InferenceE
     if request.deadline_ms is not None:
         budgets.append(engine.segments_for_deadline(request.deadline_ms))
     return min(budgets) if budgets else None
+
+
+def _predict_items(items: list[PreparedRequest]) -> list[Prediction]:
+    """Cache misses -> one engine call per model (two only while a reload swaps models), answers in order."""
+    results: list[Prediction | None] = [None] * len(items)
+    for model, indices in _group_by_model(items).items():
+        predictions = model.engine.predict_bars([items[i].bars for i in indices], [items[i].budget for i in indices])
+        for index, prediction in zip(indices, predictions):
+            results[index] = prediction
+    return results  # type: ignore[return-value]
 
 
 def _group_by_model(items: list[PreparedRequest]) -> dict[ServedModel, list[int]]:
