@@ -1,18 +1,29 @@
 """HTTP load for the serving benchmark: concurrent workers sending real request bodies for a fixed time,
-rounds interleaved between servers so the machine's noise hits all alike, and the ratios of paired rounds."""
+rounds interleaved between servers so the machine's noise hits all alike, and the ratios of paired rounds.
+
+`BodyCycle` hands out the bodies in a fixed order from a random start, shared by every measurement and by both
+clients (this asyncio one, `measure_cycle`, and wrk in wrk_load.py), so a body comes back only after all the
+others were sent; `interleave` runs either client's rounds (`round_runner`) and `summarize_rounds` takes their
+median and spread, with the mean engine batch read from /v1/health around the rounds at concurrency 32.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.wrk_load import run_wrk
 
 
 @dataclass
@@ -79,6 +90,125 @@ def measure(url: str, bodies: list[bytes], concurrency: int, seconds: float, hea
     return asyncio.run(_load(url, bodies, concurrency, seconds, headers or {}))
 
 
+class BodyCycle:
+    """The bodies in a fixed order, handed out one after another (wrapping around) from a random start."""
+
+    def __init__(self, bodies: list[bytes], seed: int | None = None) -> None:
+        self.bodies = bodies
+        self.position = random.Random(seed).randrange(len(bodies))  # the next body to send
+
+    def take(self) -> bytes:
+        body = self.bodies[self.position]
+        self.position = (self.position + 1) % len(self.bodies)
+        return body
+
+
+def measure_cycle(url: str, cycle: BodyCycle, concurrency: int, seconds: float) -> LoadResult:
+    """`concurrency` workers sending the cycle's next bodies to one URL (warm-up included: see run_workers)."""
+
+    def next_request() -> tuple[str, bytes, dict[str, str]]:
+        return url, cycle.take(), {}
+
+    return asyncio.run(run_workers([next_request] * concurrency, seconds, {}))
+
+
+def rotated(names: list[str], round_index: int) -> list[str]:
+    """Round r's order: the names rotated left by r, so no server always runs first or after the same one."""
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
+
+
+def interleave(
+    names: list[str], run_one: Callable[[str, int], dict[str, Any]], rounds: int, levels: tuple[int, ...] = (1, 32)
+) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """For each concurrency level, `rounds` rounds that each run `run_one(name, level)` once per name, in the
+    rotated order; -> {name: {level: [one record a round]}}."""
+    records: dict[str, dict[int, list[dict[str, Any]]]] = {name: {level: [] for level in levels} for name in names}
+    for level in levels:
+        for round_index in range(rounds):
+            for name in rotated(names, round_index):
+                records[name][level].append(run_one(name, level))
+    return records
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize_rounds(single: list[dict[str, Any]], loaded: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's rounds at concurrency 1 (`single`) and 32 (`loaded`), records with p50_ms, p99_ms,
+    throughput and errors (and "engine" from `round_runner`) -> median and [min, max] over rounds of p50 and p99
+    at 1 and of throughput at 32; the median mean engine batch and largest batch at 32 where recorded."""
+    row = {
+        "c1_p50_ms": spread([r["p50_ms"] for r in single]),
+        "c1_p99_ms": spread([r["p99_ms"] for r in single]),
+        "c32_throughput": spread([r["throughput"] for r in loaded]),
+        "errors": sum(r["errors"] for r in single + loaded),
+        "rounds": {"c1": single, "c32": loaded},
+        "load_average": os.getloadavg()[0],
+    }
+    batches = [r["engine"] for r in loaded if r.get("engine") and not math.isnan(r["engine"]["mean_batch"])]
+    if batches:
+        row["mean_engine_batch"] = statistics.median(b["mean_batch"] for b in batches)
+        row["largest_batch"] = statistics.median(b["largest_batch"] for b in batches)
+    return row
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """A summarize_rounds row in one line (progress output)."""
+    p50, c32 = row["c1_p50_ms"], row["c32_throughput"]
+    line = (f"c=1 p50 {p50['median']:.2f} ms [{p50['min']:.2f}-{p50['max']:.2f}], c=32 {c32['median']:.0f} req/s "
+            f"[{c32['min']:.0f}-{c32['max']:.0f}], errors {row['errors']}")
+    if "mean_engine_batch" in row:
+        line += f", mean engine batch {row['mean_engine_batch']:.1f} (largest {row['largest_batch']:.0f})"
+    if "cache_during_rounds" in row:
+        line += f", cache hits {row['cache_during_rounds']['hits']:.0f}"
+    return line
+
+
+# ----------------------------------------------------------------------- one round of either client
+
+
+def health(url: str) -> dict[str, Any]:
+    import httpx
+
+    return httpx.get(url, timeout=10.0).json()
+
+
+def engine_batch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    """Mean engine batch between two /v1/health answers of one replica: rows computed / engine calls, where a
+    lone inline call counts one row; largest_batch is the replica's running maximum (no per-round figure)."""
+    calls_before, calls_after = before.get("engine_calls") or {}, after.get("engine_calls") or {}
+    if before.get("replica") != after.get("replica") or "batched_rows" not in calls_after:
+        return None  # another replica answered (serve.num_replicas > 1), or no counters: no figure
+    calls = sum(calls_after[k] - calls_before[k] for k in ("inline", "batched"))
+    rows = sum(calls_after[k] - calls_before[k] for k in ("inline", "batched_rows"))
+    return {"calls": calls, "rows": rows, "mean_batch": rows / calls if calls else math.nan,
+            "largest_batch": calls_after["largest_batch"]}
+
+
+def round_runner(client: str, urls: dict[str, str], health_urls: dict[str, str], cycle: BodyCycle,
+                 body_file: Path, seconds: float, probe_level: int = 32) -> Callable[[str, int], dict[str, Any]]:
+    """run_one(name, concurrency) for `interleave`: one round of `client` ("wrk": wrk_load.run_wrk on
+    `body_file`; "python": `measure_cycle`) against urls[name], from the cycle's position -> a record. Around
+    the rounds at `probe_level` of a server in `health_urls`, its /v1/health gives the mean engine batch."""
+
+    def run_one(name: str, concurrency: int) -> dict[str, Any]:
+        probe = health_urls.get(name) if concurrency == probe_level else None
+        before = health(probe) if probe else None
+        if client == "wrk":
+            result = run_wrk(urls[name], body_file, cycle.position, concurrency, seconds)
+            cycle.position = result.next_body % len(cycle.bodies)
+        else:
+            result = measure_cycle(urls[name], cycle, concurrency, seconds)
+        record = asdict(result) | {"throughput": result.throughput, "errors": result.errors}
+        if before is not None:
+            record["engine"] = engine_batch(before, health(probe))
+        return record
+
+    return run_one
+
+
 def measure_interleaved(
     urls: dict[str, str], bodies: list[bytes], seconds: float, rounds: int
 ) -> dict[str, dict[str, Any]]:
@@ -90,7 +220,7 @@ def measure_interleaved(
     names = list(urls)
     for concurrency in (1, 32):
         for round_index in range(rounds):
-            for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+            for name in rotated(names, round_index):
                 results[name][concurrency].append(measure(urls[name], bodies, concurrency, per_round))
     rows = {}
     for name, by_level in results.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hrm_platform.config import ServeConfig
 from hrm_platform.serving.schemas import PredictRequest, check_bars  # module level: FastAPI resolves annotations here
 
 
@@ -19,6 +20,7 @@ def uvicorn_app(checkpoint: Path):
     from hrm_platform.serving.engine import InferenceEngine
 
     engine = InferenceEngine.from_checkpoint(checkpoint, torch_threads=1)
+    limits = ServeConfig()  # the same bar checks as ours, at their defaults
     api = FastAPI()
 
     @api.get("/health")
@@ -28,7 +30,7 @@ def uvicorn_app(checkpoint: Path):
     @api.post("/v1/predict")
     async def predict(request: PredictRequest) -> dict:
         bars = request.bars_array()
-        check_bars(bars, engine.bars_needed, 4096)
+        check_bars(bars, engine.bars_needed, limits.max_bars, limits.max_price_ratio)
         prediction = engine.predict_bars([bars], [request.max_segments])[0]
         return {**asdict(prediction), "trade": prediction.target_position - request.position}
 
