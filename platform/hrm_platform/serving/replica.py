@@ -1,9 +1,10 @@
 """The Serve replica: one FastAPI ingress deployment that validates, caches, batches and infers.
 
-Request path in a replica: FastAPI + pydantic parse the body (serving/http.py, schemas.py) -> `check_bars`
-(count, values, price jumps) -> cache lookup keyed on (model_version, bars, budget) -> a miss alone in the replica
-is computed at once; concurrent misses go through `@serve.batch`, which gathers them into one engine call on a
-single inference thread -> response. The engine, the cache and the memory guard are the replica's; the
+Request path in a replica: the body is decoded into a typed request by msgspec (serving/lean_path.py; a body it
+does not take goes to the FastAPI + pydantic route, serving/http.py, schemas.py) -> `check_bars` (count, values,
+price jumps) -> cache lookup keyed on (model_version, bars, budget) -> a miss alone in the replica is computed at
+once; concurrent misses go through the EngineBatcher (serving/batcher.py), which gathers them into engine calls
+on a single inference thread, filled to half the requests in the replica -> response. The engine, the cache and the memory guard are the replica's; the
 checkpoint comes from `user_config`, so a `serve deploy` that changes only `user_config.checkpoint` calls
 `reconfigure()` on the running replica: the new engine is built beside the old one, then swapped in with one
 assignment. Requests in flight finish on the model they started with, and the cache key carries the model
@@ -35,7 +36,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 from ray import serve
-from ray.serve.metrics import Counter, Gauge, Histogram
 
 from hrm_platform.checkpoint import MANIFEST_FILE
 from hrm_platform.config import ServeConfig
@@ -46,6 +46,7 @@ from hrm_platform.serving.errors import overloaded
 from hrm_platform.serving.http import create_api
 from hrm_platform.serving.ingress import keep_replica_grpc_on_loopback
 from hrm_platform.serving.memory_guard import ReplicaMemoryMonitor, connect_memory_guard
+from hrm_platform.serving.metrics import ServingMetrics
 from hrm_platform.serving.schemas import (
     BatchRequest,
     BatchResponse,
@@ -62,7 +63,6 @@ from hrm_platform.serving.streams import StreamSettings, StreamStore
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "HRMDeployment"
-LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000]
 
 
 class ReloadConfig(BaseModel):
@@ -123,25 +123,6 @@ class PreparedRequest:
     position: float
     budget: int | None
     cache_key: str
-
-
-class ServingMetrics:
-    """Serve metrics (exported through Ray's Prometheus endpoint, tagged with deployment and replica)."""
-
-    def __init__(self) -> None:
-        self.latency_ms = Histogram(
-            "hrm_request_latency_ms", description="server time per prediction", boundaries=LATENCY_BOUNDARIES_MS,
-            tag_keys=("route",),
-        )
-        self.cache_hits = Counter("hrm_cache_hits", description="predictions answered from the cache")
-        self.cache_misses = Counter("hrm_cache_misses", description="predictions computed by the engine")
-        self.segments_used = Histogram(
-            "hrm_segments_used", description="ACT segments per computed prediction", boundaries=[1, 2, 3, 4, 6, 8, 12, 16]
-        )
-        self.shed_requests = Counter("hrm_shed_requests", description="requests refused with 503 (memory)")
-        self.memory_bytes = Gauge("hrm_replica_memory_bytes", description="guarded memory of this replica")
-
-
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -218,6 +199,7 @@ class HRMDeployment:
         A cleanup while shedding also drops the least recently used half of the streams (their clients re-seed)."""
         while True:
             try:
+                self._metrics.flush()
                 self._streams.expire()
                 engine = self._model.engine if self._model is not None else None
                 cleanups = self._monitor.cleanups
@@ -294,16 +276,12 @@ class HRMDeployment:
     async def _answer(self, prepared: PreparedRequest, started: float, route: str) -> PredictResponse:
         prediction = self._cache.get(prepared.cache_key)
         cached = prediction is not None
-        if cached:
-            self._metrics.cache_hits.inc()
-        else:
-            self._metrics.cache_misses.inc()
+        if not cached:
             with self._batcher.request():
                 prediction = await self._batcher.submit(prepared)
-            self._metrics.segments_used.observe(prediction.segments)
             self._cache.put(prepared.cache_key, prediction)
         latency_ms = (time.perf_counter() - started) * 1e3
-        self._metrics.latency_ms.observe(latency_ms, tags={"route": route})
+        self._metrics.prediction(route, latency_ms, None if cached else prediction.segments)
         return decision_response(
             prediction, position=prepared.position, cached=cached, model_version=prepared.model.version,
             latency_ms=latency_ms,
