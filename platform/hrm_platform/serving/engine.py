@@ -34,7 +34,7 @@ from torch import Tensor
 from hrm_platform.actions import ACTIONS, target_positions
 from hrm_platform.checkpoint import CheckpointError, load_model
 from hrm_platform.config import ServeConfig
-from hrm_platform.data.features import FeatureSpec, window_from_bars
+from hrm_platform.data.features import FeatureSpec, windows_from_bars
 from hrm_platform.model.act import ActResult, act_inference
 from hrm_platform.model.hrm import HRM
 from hrm_platform.serving.manifest import ManifestError, exported_choice, read_serving_manifest, verified_artefacts
@@ -201,8 +201,8 @@ class InferenceEngine:
         Raises ValueError (message names the request) for a wrong shape or too few bars; values are
         validated by the caller (data.ohlcv.find_bar_problem), as the HTTP layer does.
         """
-        windows = np.stack([self._window(request_bars, i) for i, request_bars in enumerate(bars)])  # (B, W, F)
-        return self.predict_windows(windows, budgets)
+        recent = np.stack([self._recent_bars(request_bars, i) for i, request_bars in enumerate(bars)])
+        return self.predict_windows(windows_from_bars(recent, self.feature_spec), budgets)  # (B, W, F) windows
 
     def segments_for_deadline(self, deadline_ms: float) -> int:
         """Most segments whose measured batch-1 time fits in deadline_ms (at least 1, at most max_segments)."""
@@ -245,11 +245,18 @@ class InferenceEngine:
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def _window(self, request_bars: np.ndarray, index: int) -> np.ndarray:
-        try:
-            return window_from_bars(request_bars, self.feature_spec)  # (W, F)
-        except ValueError as error:
-            raise ValueError(f"request {index}: {error}") from None
+    def _recent_bars(self, request_bars: np.ndarray, index: int) -> np.ndarray:
+        """(N >= bars_needed, 5) -> the last (bars_needed, 5) float64, the bars the answer depends on."""
+        request_bars = np.asarray(request_bars, dtype=np.float64)
+        spec = self.feature_spec
+        if request_bars.ndim != 2 or request_bars.shape[1] != 5:
+            raise ValueError(f"request {index}: bars must have shape (N, 5), got {request_bars.shape}")
+        if request_bars.shape[0] < spec.bars_needed:
+            raise ValueError(
+                f"request {index}: need at least {spec.bars_needed} bars (window {spec.window} + lookback "
+                f"{spec.lookback}), got {request_bars.shape[0]}"
+            )
+        return request_bars[-spec.bars_needed:]
 
     def _budget_tensor(self, budgets: Sequence[int | None] | None, batch_size: int) -> Tensor:
         if budgets is None:

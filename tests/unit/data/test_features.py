@@ -18,6 +18,7 @@ from hrm_platform.data.features import (
     rolling_mean,
     rolling_std,
     window_from_bars,
+    windows_from_bars,
 )
 from hrm_platform.data.market import generate_market
 
@@ -129,6 +130,27 @@ def test_window_from_bars_uses_the_last_bars(bars: np.ndarray) -> None:
     assert window.shape == (16, len(FEATURE_NAMES)) and window.dtype == np.float32
     expected = spec.stats.apply(compute_features(bars)[-16:])
     np.testing.assert_allclose(window, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [16, 64])
+def test_windows_of_a_batch_equal_each_window_computed_alone(bars: np.ndarray, window: int) -> None:
+    """The serving engine's batched features are the per-request ones to the last bit, whatever the batch."""
+    spec = _spec(window=window)
+    ends = list(range(spec.bars_needed, len(bars), 7))  # 60-ish overlapping requests, flat and moving stretches
+    batch = np.stack([bars[end - spec.bars_needed : end] for end in ends])  # (B, bars_needed, 5)
+    alone = np.stack([window_from_bars(bars[:end], spec) for end in ends])
+    together = windows_from_bars(batch, spec)
+    assert together.shape == (len(ends), window, len(FEATURE_NAMES)) and together.dtype == np.float32
+    assert np.array_equal(together, alone, equal_nan=True)
+    assert np.array_equal(windows_from_bars(batch[3:4], spec), alone[3:4], equal_nan=True)  # batch of one
+    flat = np.repeat(bars[:1], spec.bars_needed, axis=0)  # a market that never moves: zero spreads and returns
+    assert np.array_equal(windows_from_bars(flat[None], spec)[0], window_from_bars(flat, spec), equal_nan=True)
+
+
+def test_windows_from_bars_refuses_another_shape(bars: np.ndarray) -> None:
+    spec = _spec(window=16)
+    with pytest.raises(ValueError, match=r"shape \(B, 64, 5\)"):
+        windows_from_bars(bars[None, : spec.bars_needed - 1], spec)
 
 
 def test_window_from_bars_needs_enough_bars(bars: np.ndarray) -> None:
