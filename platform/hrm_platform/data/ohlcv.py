@@ -24,6 +24,9 @@ BAR_COLUMNS = ("open", "high", "low", "close", "volume")
 TIME_COLUMNS = ("date", "datetime", "timestamp", "time", "unnamed:_0", "")
 SYMBOL_COLUMNS = ("symbol", "ticker")
 _PRICE_COLUMNS = (0, 1, 2, 3)
+# bars_valid's shortcut: prices within max_price_ratio of each other with this much room are within it of the median
+# close too, however the float divisions and products of the exact check round (they are ~1e-16 each).
+_SAFE_RATIO = 1.0 - 1e-9
 
 
 class OHLCVError(ValueError):
@@ -71,9 +74,12 @@ def bars_valid(values: np.ndarray, max_price_ratio: float | None = None) -> bool
         return False
     if max_price_ratio is None:
         return True
-    reference = float(np.median(close))  # every close is finite and positive here: _price_jump_checks' `usable`
     prices = values[:, :4]
-    return bool(prices.max() <= reference * max_price_ratio and prices.min() >= reference / max_price_ratio)
+    highest, lowest = prices.max(), prices.min()
+    if highest <= lowest * max_price_ratio * _SAFE_RATIO:  # the median close lies between: no price strays from it
+        return True
+    reference = float(np.median(close))  # every close is finite and positive here: _price_jump_checks' `usable`
+    return bool(highest <= reference * max_price_ratio and lowest >= reference / max_price_ratio)
 
 
 def _bar_checks(values: np.ndarray) -> list[tuple[np.ndarray, str]]:

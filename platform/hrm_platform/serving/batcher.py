@@ -85,7 +85,7 @@ class EngineBatcher(Generic[Item, Result]):
 
     @property
     def fill(self) -> int:
-        return max(1, min(self.max_batch_size, self.active // 2))
+        return max(1, min(self.max_batch_size, (self.active + 1) // 2))  # half, rounded up
 
     def _maybe_dispatch(self) -> None:
         if self._busy or not self._waiting:

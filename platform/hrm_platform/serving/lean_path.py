@@ -17,6 +17,7 @@ Errors raised while answering (a 422 from the bar checks, a 503 while shedding) 
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, Any
 
 import msgspec
@@ -49,7 +50,8 @@ class LeanPredictRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     def bars_array(self) -> np.ndarray:
         """(N, 5) float64 in BAR_COLUMNS order, as PredictRequest.bars_array."""
-        return np.array(self.bars, dtype=np.float64).reshape(-1, 5)
+        flat = itertools.chain.from_iterable(self.bars)  # fromiter over the flat values beats np.array on tuples
+        return np.fromiter(flat, dtype=np.float64, count=5 * len(self.bars)).reshape(-1, 5)
 
 
 class LeanBatchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,7 +81,7 @@ class LeanPredict:
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
-        request = decode(scope["path"], body)
+        request = decode(route_path(scope), body)
         if request is None:
             await self.app(scope, _replay(body, receive), send)
             return
@@ -100,9 +102,15 @@ class LeanPredict:
         return Response(answer.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 
+def route_path(scope: Scope) -> str:
+    """The path below the app's route prefix (Serve passes the full path and the prefix as root_path)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 def _takes(scope: Scope) -> bool:
     """A POST to a prediction route, declared JSON, with a Content-Length (bodies sent chunked take the route)."""
-    if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in DECODERS:
+    if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in DECODERS:
         return False
     headers = dict(scope["headers"])
     if b"content-length" not in headers:

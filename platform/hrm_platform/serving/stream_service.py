@@ -5,7 +5,7 @@
     await service.append("AAPL-1m", StreamBars(...), started)     # -> StreamDecision for the newest bar
 
 The decision comes from `decide(model, window, position, settings, started, route)`, the replica's own path
-for /v1/predict after its checks (cache key, `@serve.batch`, engine call), on the stream's last bars_needed bars:
+for /v1/predict after its checks (cache key, engine batcher, engine call), on the stream's last bars_needed bars:
 a stream's answer is the one /v1/predict gives for the same bars, by construction. Bars pass the checks of
 /v1/predict (`check_bars` on a PUT; `find_bar_problem` on the held bars plus the new ones on a POST, reported
 with the new bar's index) and get the same 422.

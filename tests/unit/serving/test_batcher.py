@@ -1,0 +1,114 @@
+"""EngineBatcher: a lone miss runs inline on the loop, concurrent misses share engine calls that fill to half the
+requests in the replica, a batch waits at most max_wait_s, and every request gets its own result or the error."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from hrm_platform.serving.batcher import EngineBatcher
+
+
+class Recorder:
+    """A fake engine: doubles each item, records every call's items and thread, takes `seconds` per call."""
+
+    def __init__(self, seconds: float = 0.0, fail: bool = False) -> None:
+        self.seconds, self.fail = seconds, fail
+        self.calls: list[list[int]] = []
+        self.threads: list[int] = []
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.calls.append(list(items))
+        self.threads.append(threading.get_ident())
+        time.sleep(self.seconds)
+        if self.fail:
+            raise RuntimeError("engine failed")
+        return [2 * item for item in items]
+
+
+async def ask(batcher: EngineBatcher, item: int) -> int:
+    with batcher.request():  # as the replica does around a request's stay
+        return await batcher.submit(item)
+
+
+def test_a_lone_request_runs_inline_on_the_loop():
+    async def scenario():
+        engine = Recorder()
+        batcher = EngineBatcher(engine, max_batch_size=32, max_wait_s=1.0)
+        answer = await ask(batcher, 5)
+        return answer, engine, batcher, threading.get_ident()
+
+    answer, engine, batcher, loop_thread = asyncio.run(scenario())
+    assert answer == 10
+    assert engine.calls == [[5]] and engine.threads == [loop_thread]  # no thread hop, no wait
+    assert batcher.stats.as_dict() == {"inline": 1, "batched": 0, "batched_rows": 0, "largest_batch": 0}
+
+
+def test_a_burst_fills_batches_to_half_the_requests_in_the_replica():
+    async def scenario():
+        engine = Recorder(seconds=0.05)
+        batcher = EngineBatcher(engine, max_batch_size=32, max_wait_s=5.0)  # the wait never decides here
+        answers = await asyncio.gather(*(ask(batcher, item) for item in range(8)))
+        return answers, engine, batcher, threading.get_ident()
+
+    answers, engine, batcher, loop_thread = asyncio.run(scenario())
+    assert answers == [2 * item for item in range(8)]  # each request gets its own row's answer
+    assert engine.calls == [[0, 1, 2, 3], [4, 5, 6, 7]]  # 8 in the replica: batches of 4, not 1 + 7
+    assert loop_thread not in engine.threads  # batches run on the inference thread
+    assert batcher.stats.as_dict() == {"inline": 0, "batched": 2, "batched_rows": 8, "largest_batch": 4}
+
+
+def test_max_batch_size_caps_a_batch():
+    async def scenario():
+        engine = Recorder(seconds=0.02)
+        batcher = EngineBatcher(engine, max_batch_size=3, max_wait_s=5.0)
+        await asyncio.gather(*(ask(batcher, item) for item in range(12)))
+        return engine
+
+    assert max(len(call) for call in asyncio.run(scenario()).calls) == 3
+
+
+def test_a_batch_that_cannot_fill_leaves_after_max_wait():
+    async def scenario():
+        engine = Recorder()
+        batcher = EngineBatcher(engine, max_batch_size=32, max_wait_s=0.1)
+        with batcher.request(), batcher.request(), batcher.request():  # three more requests still being parsed
+            started = time.perf_counter()
+            answer = await ask(batcher, 7)  # 4 in the replica: fill 2, never reached
+            return answer, time.perf_counter() - started, engine
+
+    answer, waited, engine = asyncio.run(scenario())
+    assert answer == 14 and engine.calls == [[7]]
+    assert 0.09 <= waited < 2.0
+
+
+def test_an_engine_error_reaches_every_request_of_the_batch():
+    async def scenario():
+        batcher = EngineBatcher(Recorder(seconds=0.01, fail=True), max_batch_size=32, max_wait_s=5.0)
+        return await asyncio.gather(*(ask(batcher, item) for item in range(4)), return_exceptions=True)
+
+    answers = asyncio.run(scenario())
+    assert all(isinstance(answer, RuntimeError) and str(answer) == "engine failed" for answer in answers)
+
+
+def test_a_cancelled_request_does_not_stop_the_others():
+    async def scenario():
+        batcher = EngineBatcher(Recorder(seconds=0.05), max_batch_size=32, max_wait_s=5.0)
+        tasks = [asyncio.create_task(ask(batcher, item)) for item in range(4)]
+        await asyncio.sleep(0.01)  # the batch is on the engine
+        tasks[0].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    answers = asyncio.run(scenario())
+    assert isinstance(answers[0], asyncio.CancelledError)
+    assert answers[1:] == [2, 4, 6]
+
+
+@pytest.mark.parametrize("active, fill", [(0, 1), (1, 1), (3, 2), (8, 4), (31, 16), (100, 32)])
+def test_fill_is_half_the_active_requests_within_bounds(active: int, fill: int):
+    batcher = EngineBatcher(Recorder(), max_batch_size=32, max_wait_s=0.0)
+    batcher.active = active
+    assert batcher.fill == fill
