@@ -223,8 +223,8 @@ def combine_block_sums(per_instrument: list[np.ndarray], count: int) -> np.ndarr
     return sum(block for sums in per_instrument for block in sums) / count
 
 
-def window_from_bars(bars: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """(N >= bars_needed, 5) raw bars -> (window, F) float32: the window training saw ending at the last bar."""
+def recent_bars(bars: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """(N >= bars_needed, 5) raw bars -> the last (bars_needed, 5) as float64: the bars a window depends on."""
     bars = np.asarray(bars, dtype=np.float64)
     if bars.ndim != 2 or bars.shape[1] != 5:
         raise ValueError(f"bars must have shape (N, 5), got {bars.shape}")
@@ -233,7 +233,12 @@ def window_from_bars(bars: np.ndarray, spec: FeatureSpec) -> np.ndarray:
             f"need at least {spec.bars_needed} bars (window {spec.window} + lookback {spec.lookback}), "
             f"got {bars.shape[0]}"
         )
-    features = compute_features(bars[-spec.bars_needed:])  # (bars_needed, F)
+    return bars[-spec.bars_needed:]
+
+
+def window_from_bars(bars: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """(N >= bars_needed, 5) raw bars -> (window, F) float32: the window training saw ending at the last bar."""
+    features = compute_features(recent_bars(bars, spec))  # (bars_needed, F)
     return spec.stats.apply(features[-spec.window:])  # (window, F)
 
 

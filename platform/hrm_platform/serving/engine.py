@@ -34,7 +34,7 @@ from torch import Tensor
 from hrm_platform.actions import ACTIONS, target_positions
 from hrm_platform.checkpoint import CheckpointError, load_model
 from hrm_platform.config import ServeConfig
-from hrm_platform.data.features import FeatureSpec, windows_from_bars
+from hrm_platform.data.features import FeatureSpec, recent_bars, windows_from_bars
 from hrm_platform.model.act import ActResult, act_inference
 from hrm_platform.model.hrm import HRM
 from hrm_platform.serving.manifest import ManifestError, exported_choice, read_serving_manifest, verified_artefacts
@@ -246,17 +246,10 @@ class InferenceEngine:
     # ------------------------------------------------------------------------------------------- helpers
 
     def _recent_bars(self, request_bars: np.ndarray, index: int) -> np.ndarray:
-        """(N >= bars_needed, 5) -> the last (bars_needed, 5) float64, the bars the answer depends on."""
-        request_bars = np.asarray(request_bars, dtype=np.float64)
-        spec = self.feature_spec
-        if request_bars.ndim != 2 or request_bars.shape[1] != 5:
-            raise ValueError(f"request {index}: bars must have shape (N, 5), got {request_bars.shape}")
-        if request_bars.shape[0] < spec.bars_needed:
-            raise ValueError(
-                f"request {index}: need at least {spec.bars_needed} bars (window {spec.window} + lookback "
-                f"{spec.lookback}), got {request_bars.shape[0]}"
-            )
-        return request_bars[-spec.bars_needed:]
+        try:
+            return recent_bars(request_bars, self.feature_spec)  # (bars_needed, 5)
+        except ValueError as error:
+            raise ValueError(f"request {index}: {error}") from None
 
     def _budget_tensor(self, budgets: Sequence[int | None] | None, batch_size: int) -> Tensor:
         if budgets is None:
