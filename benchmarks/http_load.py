@@ -119,11 +119,11 @@ def rotated(names: list[str], round_index: int) -> list[str]:
 
 
 def interleave(
-    names: list[str], run_one: Callable[[str, int], dict[str, Any]], rounds: int, levels: tuple[int, ...] = (1, 32)
-) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    names: list[str], run_one: Callable[[str, int], Any], rounds: int, levels: tuple[int, ...] = (1, 32)
+) -> dict[str, dict[int, list[Any]]]:
     """For each concurrency level, `rounds` rounds that each run `run_one(name, level)` once per name, in the
     rotated order; -> {name: {level: [one record a round]}}."""
-    records: dict[str, dict[int, list[dict[str, Any]]]] = {name: {level: [] for level in levels} for name in names}
+    records: dict[str, dict[int, list[Any]]] = {name: {level: [] for level in levels} for name in names}
     for level in levels:
         for round_index in range(rounds):
             for name in rotated(names, round_index):
@@ -216,12 +216,7 @@ def measure_interleaved(
     order rotates each round). Each figure is the median over rounds, and each ratio between two URLs is the
     median of per-round ratios, so a load swing on the shared machine hits both sides of a ratio alike."""
     per_round = seconds / rounds
-    results: dict[str, dict[int, list[LoadResult]]] = {name: {1: [], 32: []} for name in urls}
-    names = list(urls)
-    for concurrency in (1, 32):
-        for round_index in range(rounds):
-            for name in rotated(names, round_index):
-                results[name][concurrency].append(measure(urls[name], bodies, concurrency, per_round))
+    results = interleave(list(urls), lambda name, level: measure(urls[name], bodies, level, per_round), rounds)
     rows = {}
     for name, by_level in results.items():
         single, loaded = by_level[1], by_level[32]

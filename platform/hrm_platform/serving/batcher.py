@@ -1,8 +1,7 @@
 """Concurrent cache misses -> engine calls that fill, on one inference thread; a lone miss runs at once.
 
-    batcher = EngineBatcher(run, max_batch_size=32, max_wait_s=0.002)
-    with batcher.request():                 # around a request's whole stay in the replica (counts `active`)
-        prediction = await batcher.submit(item)
+    batcher = EngineBatcher(run, max_batch_size=32, max_wait_s=0.003)
+    prediction = await batcher.submit(item)     # counted in `active` until it returns
 
 A miss that finds the replica otherwise empty (no other request active, nothing queued, the engine idle) runs on
 the event loop at once: at concurrency 1 a queue and a thread hop only add latency. Otherwise it queues, and a
@@ -24,7 +23,7 @@ import concurrent.futures
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -41,8 +40,7 @@ class BatchStats:
     largest_batch: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"inline": self.inline, "batched": self.batched, "batched_rows": self.batched_rows,
-                "largest_batch": self.largest_batch}
+        return asdict(self)
 
 
 @dataclass
@@ -58,7 +56,7 @@ class EngineBatcher(Generic[Item, Result]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.stats = BatchStats()
-        self.active = 0  # requests in the replica between request() entry and exit
+        self.active = 0  # requests in the replica: in submit(), or in request() (one still being parsed)
         self._waiting: list[_Waiting[Item, Result]] = []
         self._busy = False  # a batch is on the inference thread
         self._timer: asyncio.TimerHandle | None = None
@@ -66,6 +64,7 @@ class EngineBatcher(Generic[Item, Result]):
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
+        """Counts a request in `active` for its stay (submit() counts its own)."""
         self.active += 1
         try:
             yield
@@ -74,6 +73,10 @@ class EngineBatcher(Generic[Item, Result]):
             self._maybe_dispatch()  # a smaller fill may now be met
 
     async def submit(self, item: Item) -> Result:
+        with self.request():
+            return await self._submit(item)
+
+    async def _submit(self, item: Item) -> Result:
         await asyncio.sleep(0)  # requests the loop has already read get to register first: a burst is not "alone"
         if self.active <= 1 and not self._busy and not self._waiting:
             self.stats.inline += 1

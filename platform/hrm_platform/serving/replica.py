@@ -4,8 +4,8 @@ Request path in a replica: the body is decoded into a typed request by msgspec (
 does not take goes to the FastAPI + pydantic route, serving/http.py, schemas.py) -> `check_bars` (count, values,
 price jumps) -> cache lookup keyed on (model_version, bars, budget) -> a miss alone in the replica is computed at
 once; concurrent misses go through the EngineBatcher (serving/batcher.py), which gathers them into engine calls
-on a single inference thread, filled to half the requests in the replica -> response. The engine, the cache and the memory guard are the replica's; the
-checkpoint comes from `user_config`, so a `serve deploy` that changes only `user_config.checkpoint` calls
+on a single inference thread, filled to half the requests in the replica -> response. The engine, the cache and
+the memory guard are the replica's; the checkpoint comes from `user_config`, so a `serve deploy` that changes only `user_config.checkpoint` calls
 `reconfigure()` on the running replica: the new engine is built beside the old one, then swapped in with one
 assignment. Requests in flight finish on the model they started with, and the cache key carries the model
 version, so nothing the old model computed is served after the swap. A checkpoint that fails to load never
@@ -277,8 +277,7 @@ class HRMDeployment:
         prediction = self._cache.get(prepared.cache_key)
         cached = prediction is not None
         if not cached:
-            with self._batcher.request():
-                prediction = await self._batcher.submit(prepared)
+            prediction = await self._batcher.submit(prepared)
             self._cache.put(prepared.cache_key, prediction)
         latency_ms = (time.perf_counter() - started) * 1e3
         self._metrics.prediction(route, latency_ms, None if cached else prediction.segments)

@@ -30,8 +30,7 @@ class Recorder:
 
 
 async def ask(batcher: EngineBatcher, item: int) -> int:
-    with batcher.request():  # as the replica does around a request's stay
-        return await batcher.submit(item)
+    return await batcher.submit(item)
 
 
 def test_a_lone_request_runs_inline_on_the_loop():
