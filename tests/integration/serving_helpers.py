@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -53,3 +56,31 @@ def side_app(serve_app, name: str, route_prefix: str, **settings) -> Iterator[st
         applications = _deployed_applications()
         applications.pop(name, None)
         _deploy_applications(list(applications.values()))  # the session's app stays as it is
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.1 response with a Content-Length (as every JSON answer of the app has)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    lengths = [line.split(":", 1)[1] for line in head[1:] if line.lower().startswith("content-length:")]
+    return int(head[0].split()[1]), await reader.readexactly(int(lengths[0]))
+
+
+async def post_together(url: str, path: str, bodies: list[bytes], headers: dict[str, str]) -> list[tuple[int, dict]]:
+    """POSTs each body on its own connection, all written in one pass of the loop: (status, JSON) per body.
+
+    The connections open first and every request is written before any answer is read, so the requests reach
+    the server within microseconds of each other. An HTTP client library (httpx, aiohttp) spends a millisecond
+    or so of Python on each request, and a replica that answers faster than that sees every request alone."""
+    address = urlsplit(url)
+    connections = await asyncio.gather(*(asyncio.open_connection(address.hostname, address.port) for _ in bodies))
+    fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    for (_, writer), body in zip(connections, bodies):
+        head = (f"POST {address.path}{path} HTTP/1.1\r\nHost: {address.netloc}\r\n{fields}"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        writer.write(head.encode("latin-1") + body)
+    try:
+        answers = await asyncio.gather(*(_read_response(reader) for reader, _ in connections))
+    finally:
+        for _, writer in connections:
+            writer.close()
+    return [(status, json.loads(body)) for status, body in answers]
