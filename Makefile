@@ -36,7 +36,7 @@ test-fast: setup
 	$(PY) -m pytest tests/unit -q
 
 # Each benchmark runs our path beside its baseline in one run, prints a table, writes benchmarks/results/*.json.
-BENCHMARKS := data_memory data_scale market_calibration model_learning train_throughput serve_latency stream_latency soak
+BENCHMARKS := data_memory data_scale market_calibration model_learning train_throughput serve_latency engine_gil stream_latency soak
 bench: setup
 	@for name in $(BENCHMARKS); do echo "== benchmarks.$$name"; $(PY) -m benchmarks.$$name || exit 1; done
 

@@ -9,8 +9,10 @@ batch leaves for the inference thread when the engine is idle and either `fill` 
 waited `max_wait_s`. `fill` is half the requests active in the replica (at most max_batch_size): with the engine
 computing one half while the event loop parses and answers the other, batches stay near half the concurrency
 instead of taking the one or two requests that happened to be parsed when the engine came free (small batches
-cost more engine time per row, and each batch costs the loop a thread hand-off). The engine's GIL-free work then
-overlaps the loop's parsing on a second core.
+cost more engine time per row, and each batch costs the loop a thread hand-off). How far the engine's work
+overlaps the loop's depends on the variant: TorchScript releases the GIL inside its run, while AOTInductor's
+runner (the default `compiled`) keeps it for each segment, so the loop runs only between segments and in the
+engine's numpy and torch calls that release it (benchmarks/engine_gil.py measures this per variant).
 
 Why not `@serve.batch`: it has no "alone: run inline" path and no fill target that follows the load; it waits
 for max_batch_size or its timeout whatever the concurrency.
