@@ -48,6 +48,12 @@ class ServeConfig(Strict):
         0.003, ge=0, description="longest wait of a queued cache miss for its batch to fill to half the requests in "
         "the replica (serving/batcher.py); a miss alone in the replica never waits. 0 = take what queued",
     )
+    engine_process: bool = Field(
+        True,
+        description="a CPU engine also runs in a child process that computes the replica's batches outside its "
+        "GIL (serving/engine_process.py; about one more engine's memory); a request alone in the replica still "
+        "runs in the replica. false: batches run on the replica's inference thread. GPU engines stay in-process",
+    )
     lean_path: bool = Field(
         True,
         description="POST /v1/predict and /v1/predict/batch parse the body straight into numpy and check bars "

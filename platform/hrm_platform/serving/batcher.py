@@ -53,8 +53,10 @@ class _Waiting(Generic[Item, Result]):
 
 
 class EngineBatcher(Generic[Item, Result]):
-    def __init__(self, run: Callable[[list[Item]], list[Result]], max_batch_size: int, max_wait_s: float) -> None:
+    def __init__(self, run: Callable[[list[Item]], list[Result]], max_batch_size: int, max_wait_s: float,
+                 run_batch: Callable[[list[Item]], list[Result]] | None = None) -> None:
         self._run = run  # items -> results in order; raises for the whole batch
+        self._run_batch = run_batch or run  # the same for a batch on the inference thread (e.g. in another process)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.stats = BatchStats()
@@ -115,7 +117,7 @@ class EngineBatcher(Generic[Item, Result]):
         self.stats.batched_rows += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         loop = asyncio.get_running_loop()
-        computing = loop.run_in_executor(self._thread, self._run, [waiting.item for waiting in batch])
+        computing = loop.run_in_executor(self._thread, self._run_batch, [waiting.item for waiting in batch])
         computing.add_done_callback(lambda done: self._finish(batch, done))
 
     def _finish(self, batch: list[_Waiting[Item, Result]], done: asyncio.Future[list[Result]]) -> None:
@@ -129,6 +131,10 @@ class EngineBatcher(Generic[Item, Result]):
             else:
                 waiting.future.set_result(done.result()[index])
         self._maybe_dispatch()
+
+    def after_pending(self, task: Callable[[], object]) -> None:
+        """Run `task` on the inference thread after every batch already dispatched to it."""
+        self._thread.submit(task)
 
     def shutdown(self) -> None:
         self._thread.shutdown(wait=False)

@@ -216,7 +216,8 @@ def stop_memory_guard(name: str = GUARD_NAME, namespace: str = GUARD_NAMESPACE) 
 
 
 class MemoryReader:
-    """Reads this process's memory: RSS via psutil, or GPU memory when the process computes on a GPU."""
+    """Reads this process's memory: RSS (its children's included) via psutil, or GPU memory when the process
+    computes on a GPU."""
 
     def __init__(self, use_gpu: bool = False, pid: int | None = None) -> None:
         """`use_gpu`: this process computes on a GPU (a replica: its engine's device is CUDA), so the limit
@@ -232,8 +233,18 @@ class MemoryReader:
         return bool(self._nvml_handles)
 
     def read(self) -> MemoryReading:
-        rss_bytes = self._process.memory_info().rss
-        return MemoryReading(rss_bytes, self._gpu_bytes() if self.use_gpu else None)
+        return MemoryReading(self._rss_bytes(), self._gpu_bytes() if self.use_gpu else None)
+
+    def _rss_bytes(self) -> int:
+        """This process's RSS and its children's: a replica's engine process (serving/engine_process.py) is its
+        memory too."""
+        total = self._process.memory_info().rss
+        for child in self._process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.NoSuchProcess:  # exited between the listing and the reading
+                pass
+        return total
 
     def _gpu_bytes(self) -> int:
         """GPU memory this process holds on every visible device."""

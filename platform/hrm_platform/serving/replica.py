@@ -42,6 +42,7 @@ from hrm_platform.config import ServeConfig
 from hrm_platform.serving.batcher import EngineBatcher
 from hrm_platform.serving.cache import PredictionCache
 from hrm_platform.serving.engine import InferenceEngine, Prediction
+from hrm_platform.serving.engine_process import EngineProcess
 from hrm_platform.serving.errors import overloaded
 from hrm_platform.serving.http import create_api
 from hrm_platform.serving.ingress import keep_replica_grpc_on_loopback
@@ -77,10 +78,18 @@ class ReloadConfig(BaseModel):
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: one object per load
 class ServedModel:
-    """An engine and what /v1/model says about it; replaced as a whole on reload."""
+    """An engine and what /v1/model says about it; replaced as a whole on reload. `batch_engine`: the same
+    engine in a child process (serve.engine_process, CPU engines), which computes the replica's batches."""
 
     engine: InferenceEngine
     summary: ModelSummary
+    batch_engine: EngineProcess | None = None
+
+    def batch_predictor(self) -> InferenceEngine | EngineProcess:
+        """Where a batch runs: the engine process once it is ready, else (loading, failed to load, closed by a
+        reload) this process's engine. Called on the inference thread only."""
+        child = self.batch_engine
+        return child if child is not None and not child.closed and child.ready() else self.engine
 
     @property
     def version(self) -> str:
@@ -111,7 +120,16 @@ def load_served_model(checkpoint: str, serve_config: ServeConfig) -> ServedModel
         features=list(engine.feature_spec.names),
         metrics=manifest.get("metrics", {}).get("latest", {}),
     )
-    return ServedModel(engine, summary)
+    return ServedModel(engine, summary, _start_engine_process(engine, serve_config))
+
+
+def _start_engine_process(engine: InferenceEngine, serve_config: ServeConfig) -> EngineProcess | None:
+    """The engine process for a CPU engine (serve.engine_process), loading in the background: until it is ready,
+    and for good if it cannot load what this process did (a variant registered only here, say), batches run in
+    this process. None when off or on a GPU."""
+    if not serve_config.engine_process or engine.device.type != "cpu":
+        return None
+    return EngineProcess.spawn(engine.checkpoint_dir, engine.variant, serve_config.torch_threads)
 
 
 @dataclass(frozen=True)
@@ -139,7 +157,8 @@ class HRMDeployment:
         self._cache = PredictionCache(self._serve.cache_size, self._serve.cache_ttl_s)
         self._streams = StreamStore(self._serve.max_streams, self._serve.stream_idle_s)
         self.streams = StreamService(self._streams, self._serve, self._current_model, self.decide)  # /v1/streams
-        self._batcher = EngineBatcher(_predict_items, self._serve.max_batch_size, self._serve.batch_wait_timeout_s)
+        self._batcher = EngineBatcher(_predict_items, self._serve.max_batch_size, self._serve.batch_wait_timeout_s,
+                                      run_batch=_predict_batch)
         self._metrics = ServingMetrics()
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._guard = connect_memory_guard(
@@ -175,6 +194,8 @@ class HRMDeployment:
             logger.error(self._reload_error)
             return
         previous, self._model, self._reload_error = self._model, model, None
+        if previous is not None and previous.batch_engine is not None:
+            self._batcher.after_pending(previous.batch_engine.close)  # after the batches already sent to it
         self._cache.clear()  # unreachable anyway (keys carry the model version); frees the memory now
         logger.info("serving model %s (%s) from %s; was %s", model.version, model.engine.variant, checkpoint,
                     previous.version if previous else None)
@@ -193,6 +214,9 @@ class HRMDeployment:
             raise RuntimeError("no model loaded")
         if self._memory_task.done():
             raise RuntimeError(f"memory watch stopped: {self._memory_task.exception()!r}")
+        child = self._model.batch_engine
+        if child is not None and child.state == "ready" and not child.closed and not child.alive:
+            raise RuntimeError(f"the engine process exited (code {child.process.returncode})")
 
     async def _watch_memory(self) -> None:
         """Every memory_check_interval_s: drop idle streams, report memory to the guard and apply its directive.
@@ -312,14 +336,20 @@ def _segment_budget(request: PredictRequest | StreamSettings, engine: InferenceE
     return min(budgets) if budgets else None
 
 
-def _predict_items(items: list[PreparedRequest]) -> list[Prediction]:
-    """Cache misses -> one engine call per model (two only while a reload swaps models), answers in order."""
+def _predict_items(items: list[PreparedRequest], in_batch: bool = False) -> list[Prediction]:
+    """Cache misses -> one engine call per model (two only while a reload swaps models), answers in order; a
+    batch (`in_batch`) on each model's batch predictor, a lone miss on the engine in this process."""
     results: list[Prediction | None] = [None] * len(items)
     for model, indices in _group_by_model(items).items():
-        predictions = model.engine.predict_bars([items[i].bars for i in indices], [items[i].budget for i in indices])
+        predictor = model.batch_predictor() if in_batch else model.engine
+        predictions = predictor.predict_bars([items[i].bars for i in indices], [items[i].budget for i in indices])
         for index, prediction in zip(indices, predictions):
             results[index] = prediction
     return results  # type: ignore[return-value]
+
+
+def _predict_batch(items: list[PreparedRequest]) -> list[Prediction]:
+    return _predict_items(items, in_batch=True)
 
 
 def _group_by_model(items: list[PreparedRequest]) -> dict[ServedModel, list[int]]:

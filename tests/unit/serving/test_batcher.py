@@ -111,3 +111,24 @@ def test_fill_is_half_the_active_requests_within_bounds(active: int, fill: int):
     batcher = EngineBatcher(Recorder(), max_batch_size=32, max_wait_s=0.0)
     batcher.active = active
     assert batcher.fill == fill
+
+
+def test_batches_go_to_run_batch_and_a_lone_request_to_run_and_after_pending_waits_for_the_batches():
+    async def scenario():
+        lone, batches = Recorder(), Recorder(seconds=0.05)
+        batcher = EngineBatcher(lone, max_batch_size=32, max_wait_s=5.0, run_batch=batches)
+        order: list[str] = []
+        await ask(batcher, 1)
+        burst = asyncio.gather(*(ask(batcher, item) for item in range(4)))
+        await asyncio.sleep(0.01)  # the first batch is on the inference thread
+        batcher.after_pending(lambda: order.append(f"after {len(batches.calls)} batches"))
+        answers = await burst
+        await asyncio.sleep(0.1)
+        return answers, lone, batches, order
+
+    answers, lone, batches, order = asyncio.run(scenario())
+    assert answers == [0, 2, 4, 6]
+    assert lone.calls == [[1]] and batches.calls == [[0, 1], [2, 3]]
+    # It ran after the batch already on the inference thread, before the one dispatched later (a reload's old
+    # engine process closes then; later batches of its model fall back to the replica's own engine).
+    assert order == ["after 1 batches"]

@@ -1,0 +1,170 @@
+"""A CPU engine in a child process: a replica's batches computed outside the replica's GIL.
+
+    engine = EngineProcess.spawn(checkpoint, variant="compiled", torch_threads=1)  # loads in the background
+    if engine.ready():                                 # or EngineProcess.start(...): waits until it has loaded
+        predictions = engine.predict_bars(bars, budgets)   # as InferenceEngine.predict_bars; blocks the caller only
+    engine.close()
+
+Why: the replica's event loop (HTTP, parsing, answers) and its inference thread share one GIL, and the default
+`compiled` engine keeps the GIL for each segment's whole run (AOTInductor's runner does not release it;
+`python -m benchmarks.engine_gil`). In the child, the same engine computes a batch while the replica's loop goes
+on: the replica's inference thread only pickles the bars, then waits on a socket with the GIL released.
+
+The child is `python -m hrm_platform.serving.engine_process CHECKPOINT VARIANT THREADS FD`: it loads the engine
+with `InferenceEngine.from_checkpoint` (the same verified artefacts as the replica's own engine), runs one batch
+to warm it up, says it is ready, then answers one request at a time over the socket (pickles framed by
+multiprocessing's Connection). A request that fails in the child raises `EngineProcessError` with the child's
+message in the replica; the child keeps serving. The child exits when the socket closes: on `close()`, or when
+the replica's process dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 300.0  # loading and warming a compiled engine on a busy machine
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process failed a request, could not start, or is gone."""
+
+
+@dataclass
+class EngineProcess:
+    process: subprocess.Popen
+    connection: Connection
+    variant: str
+    state: str = "loading"  # -> "ready" | "failed" (ready())
+    error: str = ""  # why it failed to load
+    closed: bool = False  # by close(): the child was asked to exit, not lost
+
+    @classmethod
+    def spawn(cls, checkpoint: str | Path, variant: str, torch_threads: int) -> EngineProcess:
+        """Start the child and return at once; it loads in the background (`ready()`)."""
+        ours, theirs = socket.socketpair()
+        command = [sys.executable, "-m", __name__, str(checkpoint), variant, str(torch_threads), str(theirs.fileno())]
+        process = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        return cls(process, Connection(ours.detach()), variant)
+
+    @classmethod
+    def start(cls, checkpoint: str | Path, variant: str, torch_threads: int,
+              timeout_s: float = READY_TIMEOUT_S) -> EngineProcess:
+        """Start the child and wait until its engine has loaded; raises EngineProcessError with its reason."""
+        engine = cls.spawn(checkpoint, variant, torch_threads)
+        if not engine.wait_ready(timeout_s):
+            engine.close()
+            raise EngineProcessError(engine.error or f"the engine process did not load {checkpoint} in {timeout_s:.0f} s")
+        return engine
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """ready(), waiting up to `timeout_s` for the child's first message."""
+        self.connection.poll(timeout_s)
+        return self.ready()
+
+    def ready(self) -> bool:
+        """Whether the child has loaded its engine; False while it loads, and for good once it failed to (its
+        reason in `error`). Call it from one thread: it reads the child's first message."""
+        if self.state == "loading" and self.connection.poll(0):
+            try:
+                self._reply()  # ("ready", None), or the child's load error
+                self.state = "ready"
+            except EngineProcessError as error:
+                self.state, self.error = "failed", str(error)
+                logger.warning("batches run in the replica's process: %s", error)
+        return self.state == "ready"
+
+    def predict_bars(self, bars: Sequence[np.ndarray], budgets: Sequence[int | None]) -> list[Any]:
+        """InferenceEngine.predict_bars in the child: one Prediction per request, in order."""
+        try:
+            self.connection.send((list(bars), list(budgets)))
+        except OSError as error:
+            raise EngineProcessError(f"the engine process is gone ({error})") from None
+        return self._reply()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def rss_bytes(self) -> int:
+        """The child's resident memory (0 once it has exited)."""
+        try:
+            return psutil.Process(self.process.pid).memory_info().rss if self.alive else 0
+        except psutil.NoSuchProcess:
+            return 0
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Close the socket and reap the child. A ready child exits on EOF at once; one still loading would
+        notice only when it has loaded, so it is killed (a reload must not wait for a load nobody needs)."""
+        self.closed = True
+        self.connection.close()
+        if self.state != "ready":
+            self.process.kill()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _reply(self) -> Any:
+        try:
+            kind, payload = self.connection.recv()
+        except (EOFError, OSError):
+            raise EngineProcessError(f"the engine process exited (code {self.process.poll()})") from None
+        if kind == "error":
+            raise EngineProcessError(payload)
+        return payload
+
+
+# ------------------------------------------------------------------------------------------------ the child
+
+
+def serve(connection: Connection, checkpoint: str, variant: str, torch_threads: int) -> None:
+    """Load, warm up, say ready, then answer requests until EOF."""
+    from hrm_platform.serving.engine import InferenceEngine, synthetic_bars
+
+    try:
+        engine = InferenceEngine.from_checkpoint(checkpoint, variant=variant, torch_threads=torch_threads)
+        engine.predict_bars([synthetic_bars(engine.bars_needed)] * 2, [None, None])  # first calls are slow
+    except Exception as error:  # noqa: BLE001 - every load failure goes back to the replica as its message
+        connection.send(("error", f"the engine process could not load {checkpoint} ({variant}): {error}"))
+        return
+    connection.send(("ready", None))
+    while True:  # one request at a time: the replica's single inference thread sends them
+        try:
+            bars, budgets = connection.recv()
+        except EOFError:
+            return
+        try:
+            reply = ("ok", engine.predict_bars(bars, budgets))
+        except Exception as error:  # noqa: BLE001 - a bad batch fails that batch, not the process
+            reply = ("error", f"{type(error).__name__}: {error}")
+        connection.send(reply)
+
+
+def main(argv: list[str]) -> None:
+    checkpoint, variant, torch_threads, descriptor = argv
+    connection = Connection(int(descriptor))
+    try:
+        serve(connection, checkpoint, variant, int(torch_threads))
+    except OSError:  # the replica closed its end while this process was answering: nobody to answer
+        pass
+    finally:
+        connection.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,118 @@
+"""serving/engine_process.py: the engine in a child process answers as the engine in this one, reports its
+errors and its exit, and goes away when closed; the replica's memory reading counts it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hrm_platform.config import ServeConfig
+from hrm_platform.serving.engine import InferenceEngine, synthetic_bars
+from hrm_platform.serving.engine_process import EngineProcess, EngineProcessError
+from hrm_platform.serving.memory_guard import MemoryReader
+from hrm_platform.serving.replica import ServedModel, _predict_items, load_served_model
+
+
+@pytest.fixture(scope="module")
+def engine(trained_checkpoint) -> InferenceEngine:
+    return InferenceEngine.from_checkpoint(trained_checkpoint, variant="eager", torch_threads=1)
+
+
+@pytest.fixture(scope="module")
+def child(engine):
+    process = EngineProcess.start(engine.checkpoint_dir, engine.variant, torch_threads=1)
+    yield process
+    process.close()
+
+
+def test_the_child_answers_a_batch_exactly_as_this_process(engine, child):
+    bars = [synthetic_bars(engine.bars_needed + extra, seed=seed) for seed, extra in enumerate((0, 3, 9, 20))]
+    budgets = [None, 1, 2, None]
+    assert child.predict_bars(bars, budgets) == engine.predict_bars(bars, budgets)
+
+
+def test_a_failing_request_raises_its_reason_and_the_child_keeps_serving(engine, child):
+    with pytest.raises(EngineProcessError, match="request 0: need at least"):
+        child.predict_bars([synthetic_bars(5)], [None])
+    assert child.alive
+    bars = [synthetic_bars(engine.bars_needed)]
+    assert child.predict_bars(bars, [None]) == engine.predict_bars(bars, [None])
+
+
+def test_close_ends_the_child_and_a_lost_child_is_reported(engine):
+    closed = EngineProcess.start(engine.checkpoint_dir, engine.variant, torch_threads=1)
+    closed.close()
+    assert closed.closed and not closed.alive and closed.process.returncode == 0
+
+    loading = EngineProcess.spawn(engine.checkpoint_dir, engine.variant, torch_threads=1)
+    started = time.monotonic()
+    loading.close()  # a reload closing a child that has not loaded yet: killed, not waited for
+    assert not loading.alive and time.monotonic() - started < 3.0
+
+    lost = EngineProcess.start(engine.checkpoint_dir, engine.variant, torch_threads=1)
+    lost.process.kill()
+    lost.process.wait()
+    with pytest.raises(EngineProcessError, match="exited|gone"):
+        lost.predict_bars([synthetic_bars(engine.bars_needed)], [None])
+    assert not lost.alive and not lost.closed
+    lost.close()
+
+
+def test_a_child_that_cannot_load_says_why_and_batches_stay_in_this_process(trained_checkpoint, engine):
+    with pytest.raises(EngineProcessError, match="could not load .*unknown engine variant 'nope'"):
+        EngineProcess.start(trained_checkpoint, "nope", torch_threads=1)
+    failed = EngineProcess.spawn(trained_checkpoint, "nope", torch_threads=1)
+    try:
+        assert not failed.wait_ready(120) and failed.state == "failed" and "nope" in failed.error
+        served = ServedModel(engine, summary=None, batch_engine=failed)
+        assert served.batch_predictor() is engine
+    finally:
+        failed.close()
+
+
+def test_a_served_cpu_model_computes_batches_in_its_process_and_lone_misses_here(trained_checkpoint):
+    served = load_served_model(str(trained_checkpoint), ServeConfig(engine_variant="eager"))
+    try:
+        assert served.batch_engine is not None and served.batch_engine.alive
+        if not served.batch_engine.ready():
+            assert served.batch_predictor() is served.engine  # still loading: batches run here meanwhile
+        assert served.batch_engine.wait_ready(120)
+        assert served.batch_predictor() is served.batch_engine
+        served.batch_engine.close()
+        assert served.batch_predictor() is served.engine  # after a reload closed it: batches run here
+    finally:
+        served.batch_engine.close()
+    assert load_served_model(str(trained_checkpoint), ServeConfig(engine_process=False)).batch_engine is None
+
+
+def test_the_replica_sends_batches_to_the_child_and_lone_misses_to_its_own_engine(trained_checkpoint, monkeypatch):
+    served = load_served_model(str(trained_checkpoint), ServeConfig(engine_variant="eager"))
+    assert served.batch_engine.wait_ready(120)
+    calls = []
+    monkeypatch.setattr(served.engine, "predict_bars", lambda bars, budgets: calls.append("here") or [None] * len(bars))
+    monkeypatch.setattr(served.batch_engine, "predict_bars",
+                        lambda bars, budgets: calls.append("child") or [None] * len(bars))
+    item = type("Item", (), {"model": served, "bars": None, "budget": None})()
+    try:
+        _predict_items([item])
+        _predict_items([item, item], in_batch=True)
+        assert calls == ["here", "child"]
+    finally:
+        served.batch_engine.close()
+
+
+def test_the_memory_reading_counts_child_processes():
+    reader = MemoryReader()
+    before = reader.read().rss_bytes
+    holder = subprocess.Popen([sys.executable, "-c", "import time; block = bytearray(200 * 2**20); time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 30
+        while reader.read().rss_bytes - before < 150 * 2**20:
+            assert time.monotonic() < deadline, "the child's 200 MB never showed in the reading"
+            time.sleep(0.2)
+    finally:
+        holder.kill()
+        holder.wait()
