@@ -17,13 +17,13 @@ Rows (HTTP rows: one per server per client):
   serve_baselines.py), up for the whole run and measured in the same rounds as each Serve configuration;
 - naive serve: a Serve deployment with eager fp32, Serve's deployment defaults (max_ongoing_requests=5), no
   cache, no batching, beside ours on each cluster;
-- ours: HRMDeployment (serving/app.py) with the given config (default: HAProxy ingress, the lean request path),
-  plus, on the same cluster, a second app with serve.lean_path=false (the FastAPI + pydantic request path);
-  at concurrency 32 the mean engine batch is read from /v1/health's engine_calls around each round of ours
-  (delta of inline + batched_rows over delta of inline + batched; the largest batch is the replica's running
-  maximum, read after each round). Also ours' cache-hit path (one request repeated, asyncio client) and the
-  replica's RSS. Unless --skip-python-proxy, a second cluster measures uvicorn, naive and ours with
-  serve.fast_ingress=false (Serve's Python proxy), which gives the naive baseline on all of Serve's defaults.
+- ours: HRMDeployment (serving/app.py) with the given config (default: HAProxy ingress, lean request path,
+  engine process), beside ours with serve.lean_path=false (the FastAPI + pydantic route) and ours with
+  serve.engine_process=false (batches in the replica's process). At c=32 the mean engine batch comes from
+  /v1/health's engine_calls around each round (delta of inline + batched_rows over delta of inline + batched;
+  largest: the running maximum). Also ours' cache-hit path (asyncio client) and the replica's RSS, its engine
+  process's included. Unless --skip-python-proxy, a second cluster measures uvicorn, naive and ours with
+  serve.fast_ingress=false (Serve's Python proxy): the naive baseline on all of Serve's defaults.
 
 Rounds: for each client and each concurrency (1, then 32), --rounds rounds of --seconds each per server, the
 server order rotated each round (http_load.interleave). Each figure is the median over rounds with its
@@ -179,7 +179,7 @@ def measure_cluster(urls: dict[str, str], health_urls: dict[str, str], clients: 
 
 def bench_serve(checkpoint: Path, cycle: BodyCycle, body_file: Path, args: argparse.Namespace,
                 serve_config: ServeConfig, uvicorn_url: str, clients: list[str]) -> dict[str, dict]:
-    """One local Ray cluster: ours (and, on the HAProxy cluster, ours with lean_path=false) and the naive
+    """One local Ray cluster: ours (and, on the HAProxy cluster, ours with a default undone) and the naive
     deployment, measured interleaved with the uvicorn baseline by every client."""
     import ray
     from ray import serve
@@ -196,12 +196,12 @@ def bench_serve(checkpoint: Path, cycle: BodyCycle, body_file: Path, args: argpa
         url = start_server(checkpoint, serve_config.model_copy(update={"port": free_port()}))
         urls = {f"uvicorn_{ingress}": uvicorn_url, f"ours_{ingress}": f"{url}/v1/predict"}
         paths = {f"uvicorn_{ingress}": f"uvicorn, no Ray (beside {label})", f"ours_{ingress}": f"ours ({label})"}
-        if serve_config.fast_ingress and serve_config.lean_path:
-            fastapi_path = serve_config.model_copy(update={"lean_path": False})
-            serve.run(build_app(AppArgs(checkpoint=str(checkpoint), serve=fastapi_path)), name="hrm_fastapi_path",
-                      route_prefix="/fastapi-path")
-            urls["ours_fastapi_path"] = f"{url}/fastapi-path/v1/predict"
-            paths["ours_fastapi_path"] = f"ours, serve.lean_path=false ({label})"
+        for name, (setting, side_config) in side_configs(serve_config).items():
+            prefix = "/" + name.replace("_", "-")
+            serve.run(build_app(AppArgs(checkpoint=str(checkpoint), serve=side_config)), name=f"hrm_{name}",
+                      route_prefix=prefix)
+            urls[f"ours_{name}"] = f"{url}{prefix}/v1/predict"
+            paths[f"ours_{name}"] = f"ours, {setting} ({label})"
         serve.run(naive_deployment(checkpoint), name="naive", route_prefix="/naive")
         urls[f"naive_{ingress}"] = f"{url}/naive/v1/predict"
         paths[f"naive_{ingress}"] = f"naive serve ({label})"
@@ -218,6 +218,15 @@ def bench_serve(checkpoint: Path, cycle: BodyCycle, body_file: Path, args: argpa
         return rows
     finally:
         ray.shutdown()  # also stops HAProxy; serve.shutdown() waits 30 s for the controller with HAProxy
+
+
+def side_configs(serve_config: ServeConfig) -> dict[str, tuple[str, ServeConfig]]:
+    """Ours with one default undone, beside ours on the HAProxy cluster: name -> (setting, config)."""
+    if not serve_config.fast_ingress:
+        return {}
+    undone = {"fastapi_path": "lean_path", "in_process": "engine_process"}
+    return {name: (f"serve.{field}=false", serve_config.model_copy(update={field: False}))
+            for name, field in undone.items() if getattr(serve_config, field)}
 
 
 def add_replica_state(rows: dict[str, dict], name: str, health_url: str, clients: list[str]) -> None:
@@ -301,7 +310,7 @@ def targets(paths: dict[str, dict], clients: list[str]) -> list[dict[str, Any]]:
 
 def planned(args: argparse.Namespace, clients: list[str]) -> str:
     """Measured seconds per cluster and client, said up front (warm-ups and start-ups come on top)."""
-    clusters = [4 if args.lean_row else 3] + ([] if args.skip_python_proxy else [3])
+    clusters = [3 + args.side_rows] + ([] if args.skip_python_proxy else [3])
     rounds = len(LEVELS) * args.rounds * sum(clusters)
     parts = [f"{client} {rounds * (max(1, round(args.seconds)) if client == 'wrk' else args.seconds):.0f} s"
              for client in clients]
@@ -345,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     from hrm_platform.serving.ingress import free_port
 
     serve_config = load_config(None, args.overrides).serve
-    args.lean_row = serve_config.fast_ingress and serve_config.lean_path
+    args.side_rows = len(side_configs(serve_config))
     body_bars = max(InferenceEngine.from_checkpoint(checkpoint).bars_needed, DEFAULT_MODEL_BARS)
     bodies = make_bodies(body_bars, args.bodies)
     cycle = BodyCycle(bodies)
