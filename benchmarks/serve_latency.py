@@ -17,11 +17,11 @@ Rows (HTTP rows: one per server per client):
   serve_baselines.py), up for the whole run and measured in the same rounds as each Serve configuration;
 - naive serve: a Serve deployment with eager fp32, Serve's deployment defaults (max_ongoing_requests=5), no
   cache, no batching, beside ours on each cluster;
-- ours: HRMDeployment (serving/app.py) with the given config (default: HAProxy ingress, lean request path,
-  engine process), beside ours with serve.lean_path=false (the FastAPI + pydantic route) and ours with
-  serve.engine_process=false (batches in the replica's process). At c=32 the mean engine batch comes from
-  /v1/health's engine_calls around each round (delta of inline + batched_rows over delta of inline + batched;
-  largest: the running maximum). Also ours' cache-hit path (asyncio client) and the replica's RSS, its engine
+- ours: HRMDeployment (serving/app.py) with the given config (default: HAProxy ingress, the lean request path),
+  beside ours with serve.lean_path=false (the FastAPI + pydantic route) and ours with serve.engine_process
+  flipped (default false: batches in the replica's process; true: in its engine process). At c=32 the mean
+  engine batch comes from /v1/health's engine_calls around each round (delta of inline + batched_rows over
+  delta of inline + batched; largest: the running maximum). Also ours' cache-hit path (asyncio client) and the replica's RSS, its engine
   process's included. Unless --skip-python-proxy, a second cluster measures uvicorn, naive and ours with
   serve.fast_ingress=false (Serve's Python proxy): the naive baseline on all of Serve's defaults.
 
@@ -221,12 +221,16 @@ def bench_serve(checkpoint: Path, cycle: BodyCycle, body_file: Path, args: argpa
 
 
 def side_configs(serve_config: ServeConfig) -> dict[str, tuple[str, ServeConfig]]:
-    """Ours with one default undone, beside ours on the HAProxy cluster: name -> (setting, config)."""
+    """Ours with one setting flipped, beside ours on the HAProxy cluster: name -> (setting, config). The lean
+    path only when on (its row is the route before it); the engine process either way."""
     if not serve_config.fast_ingress:
         return {}
-    undone = {"fastapi_path": "lean_path", "in_process": "engine_process"}
-    return {name: (f"serve.{field}=false", serve_config.model_copy(update={field: False}))
-            for name, field in undone.items() if getattr(serve_config, field)}
+    flipped = {"engine_process": not serve_config.engine_process}
+    if serve_config.lean_path:
+        flipped["lean_path"] = False
+    names = {"lean_path": "fastapi_path", "engine_process": "engine_process"}
+    return {names[field]: (f"serve.{field}={str(value).lower()}", serve_config.model_copy(update={field: value}))
+            for field, value in flipped.items()}
 
 
 def add_replica_state(rows: dict[str, dict], name: str, health_url: str, clients: list[str]) -> None:

@@ -49,10 +49,11 @@ class ServeConfig(Strict):
         "the replica (serving/batcher.py); a miss alone in the replica never waits. 0 = take what queued",
     )
     engine_process: bool = Field(
-        True,
+        False,
         description="a CPU engine also runs in a child process that computes the replica's batches outside its "
-        "GIL (serving/engine_process.py; about one more engine's memory); a request alone in the replica still "
-        "runs in the replica. false: batches run on the replica's inference thread. GPU engines stay in-process",
+        "GIL (serving/engine_process.py): more throughput under concurrent load for about one more engine's "
+        "memory (README, Latency and throughput); a request alone in the replica still runs in the replica. "
+        "GPU engines stay in-process",
     )
     lean_path: bool = Field(
         True,

@@ -24,8 +24,9 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class EngineProcess:
     state: str = "loading"  # -> "ready" | "failed" (ready())
     error: str = ""  # why it failed to load
     closed: bool = False  # by close(): the child was asked to exit, not lost
+    _first_message: threading.Lock = field(default_factory=threading.Lock, repr=False)  # ready() from any thread
 
     @classmethod
     def spawn(cls, checkpoint: str | Path, variant: str, torch_threads: int) -> EngineProcess:
@@ -77,15 +79,26 @@ class EngineProcess:
 
     def ready(self) -> bool:
         """Whether the child has loaded its engine; False while it loads, and for good once it failed to (its
-        reason in `error`). Call it from one thread: it reads the child's first message."""
-        if self.state == "loading" and self.connection.poll(0):
-            try:
-                self._reply()  # ("ready", None), or the child's load error
-                self.state = "ready"
-            except EngineProcessError as error:
-                self.state, self.error = "failed", str(error)
-                logger.warning("batches run in the replica's process: %s", error)
+        reason in `error`). Never blocks: it reads the child's first message once it has come."""
+        with self._first_message:
+            if self.state == "loading" and not self.closed and self.connection.poll(0):
+                self._read_first_message()
         return self.state == "ready"
+
+    def status(self) -> str:
+        """loading, ready, failed (to load), exited (lost after loading) or closed: for /v1/health."""
+        if self.closed:
+            return "closed"
+        ready = self.ready()
+        return "exited" if ready and not self.alive else self.state
+
+    def _read_first_message(self) -> None:
+        try:
+            self._reply()  # ("ready", None), or the child's load error
+            self.state = "ready"
+        except EngineProcessError as error:
+            self.state, self.error = "failed", str(error)
+            logger.warning("batches run in the replica's process: %s", error)
 
     def predict_bars(self, bars: Sequence[np.ndarray], budgets: Sequence[int | None]) -> list[Any]:
         """InferenceEngine.predict_bars in the child: one Prediction per request, in order."""

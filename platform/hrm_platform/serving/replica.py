@@ -215,7 +215,7 @@ class HRMDeployment:
         if self._memory_task.done():
             raise RuntimeError(f"memory watch stopped: {self._memory_task.exception()!r}")
         child = self._model.batch_engine
-        if child is not None and child.state == "ready" and not child.closed and not child.alive:
+        if child is not None and child.status() == "exited":
             raise RuntimeError(f"the engine process exited (code {child.process.returncode})")
 
     async def _watch_memory(self) -> None:
@@ -261,6 +261,7 @@ class HRMDeployment:
             engine_calls=self._batcher.stats.as_dict(),
             reload_error=self._reload_error,
             streams=self._streams.stats(),
+            engine_process=model.batch_engine.status() if model and model.batch_engine else None,
         )
 
     def model_summary(self) -> ModelSummary:

@@ -182,6 +182,9 @@ class HealthResponse(_Strict):
         default_factory=dict, description="inline (a lone miss), batched (calls, rows, largest) since start"
     )
     reload_error: str | None = Field(None, description="why the last checkpoint reload failed (old model kept)")
+    engine_process: Literal["loading", "ready", "failed", "exited", "closed"] | None = Field(
+        None, description="the engine process computing batches (serve.engine_process); null when off or on a GPU"
+    )
     streams: dict[str, float] = Field(
         default_factory=dict, description="streams this replica holds (/v1/streams), their bytes and what left"
     )

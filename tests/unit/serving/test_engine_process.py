@@ -74,7 +74,7 @@ def test_a_child_that_cannot_load_says_why_and_batches_stay_in_this_process(trai
 
 
 def test_a_served_cpu_model_computes_batches_in_its_process_and_lone_misses_here(trained_checkpoint):
-    served = load_served_model(str(trained_checkpoint), ServeConfig(engine_variant="eager"))
+    served = load_served_model(str(trained_checkpoint), ServeConfig(engine_variant="eager", engine_process=True))
     try:
         assert served.batch_engine is not None and served.batch_engine.alive
         if not served.batch_engine.ready():
@@ -85,11 +85,11 @@ def test_a_served_cpu_model_computes_batches_in_its_process_and_lone_misses_here
         assert served.batch_predictor() is served.engine  # after a reload closed it: batches run here
     finally:
         served.batch_engine.close()
-    assert load_served_model(str(trained_checkpoint), ServeConfig(engine_process=False)).batch_engine is None
+    assert load_served_model(str(trained_checkpoint), ServeConfig()).batch_engine is None  # off by default
 
 
 def test_the_replica_sends_batches_to_the_child_and_lone_misses_to_its_own_engine(trained_checkpoint, monkeypatch):
-    served = load_served_model(str(trained_checkpoint), ServeConfig(engine_variant="eager"))
+    served = load_served_model(str(trained_checkpoint), ServeConfig(engine_variant="eager", engine_process=True))
     assert served.batch_engine.wait_ready(120)
     calls = []
     monkeypatch.setattr(served.engine, "predict_bars", lambda bars, budgets: calls.append("here") or [None] * len(bars))
