@@ -37,7 +37,7 @@ import gc
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import psutil
@@ -216,8 +216,7 @@ def stop_memory_guard(name: str = GUARD_NAME, namespace: str = GUARD_NAMESPACE) 
 
 
 class MemoryReader:
-    """Reads this process's memory: RSS (its children's included) via psutil, or GPU memory when the process
-    computes on a GPU."""
+    """Reads this process's memory: RSS via psutil, or GPU memory when the process computes on a GPU."""
 
     def __init__(self, use_gpu: bool = False, pid: int | None = None) -> None:
         """`use_gpu`: this process computes on a GPU (a replica: its engine's device is CUDA), so the limit
@@ -233,18 +232,8 @@ class MemoryReader:
         return bool(self._nvml_handles)
 
     def read(self) -> MemoryReading:
-        return MemoryReading(self._rss_bytes(), self._gpu_bytes() if self.use_gpu else None)
-
-    def _rss_bytes(self) -> int:
-        """This process's RSS and its children's: a replica's engine process (serving/engine_process.py) is its
-        memory too."""
-        total = self._process.memory_info().rss
-        for child in self._process.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.NoSuchProcess:  # exited between the listing and the reading
-                pass
-        return total
+        rss_bytes = self._process.memory_info().rss
+        return MemoryReading(rss_bytes, self._gpu_bytes() if self.use_gpu else None)
 
     def _gpu_bytes(self) -> int:
         """GPU memory this process holds on every visible device."""
@@ -346,9 +335,11 @@ class ReplicaMemoryMonitor:
         directive = ray.get(self.guard.report.remote(self.replica_id, reading.rss_bytes, reading.gpu_bytes))
         return self._apply(reading, directive, engine, cache)
 
-    async def check_async(self, engine: Any = None, cache: Any = None) -> Directive:
-        """For a Serve replica's event loop: awaits the actor instead of blocking the loop."""
+    async def check_async(self, engine: Any = None, cache: Any = None, child_rss_bytes: int = 0) -> Directive:
+        """For a Serve replica's event loop: awaits the actor instead of blocking the loop. `child_rss_bytes`: the
+        replica's engine process (serving/engine_process.py), counted in its RSS."""
         reading = self._read(engine)
+        reading = replace(reading, rss_bytes=reading.rss_bytes + child_rss_bytes)
         directive = await self.guard.report.remote(self.replica_id, reading.rss_bytes, reading.gpu_bytes)
         return self._apply(reading, directive, engine, cache)
 

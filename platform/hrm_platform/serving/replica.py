@@ -227,7 +227,7 @@ class HRMDeployment:
                 self._streams.expire()
                 engine = self._model.engine if self._model is not None else None
                 cleanups = self._monitor.cleanups
-                await self._monitor.check_async(engine, self._cache)
+                await self._monitor.check_async(engine, self._cache, self._engine_process_rss())
                 if self._monitor.shedding and self._monitor.cleanups > cleanups:
                     self._streams.evict_oldest(len(self._streams) // 2)
                 if self._monitor.last_reading is not None:
@@ -235,6 +235,10 @@ class HRMDeployment:
             except Exception:  # the guard restarting must not stop the replica from reporting later
                 logger.exception("memory guard report failed; retrying")
             await asyncio.sleep(self._serve.memory_check_interval_s)
+
+    def _engine_process_rss(self) -> int:
+        child = self._model.batch_engine if self._model is not None else None
+        return child.rss_bytes() if child is not None else 0
 
     # ---------------------------------------------------------------------------------- the Service API
 

@@ -3,8 +3,7 @@ errors and its exit, and goes away when closed; the replica's memory reading cou
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import asyncio
 import time
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from hrm_platform.config import ServeConfig
 from hrm_platform.serving.engine import InferenceEngine, synthetic_bars
 from hrm_platform.serving.engine_process import EngineProcess, EngineProcessError
-from hrm_platform.serving.memory_guard import MemoryReader
+from hrm_platform.serving.memory_guard import MemoryReader, ReplicaMemoryMonitor
 from hrm_platform.serving.replica import ServedModel, _predict_items, load_served_model
 
 
@@ -104,15 +103,21 @@ def test_the_replica_sends_batches_to_the_child_and_lone_misses_to_its_own_engin
         served.batch_engine.close()
 
 
-def test_the_memory_reading_counts_child_processes():
-    reader = MemoryReader()
-    before = reader.read().rss_bytes
-    holder = subprocess.Popen([sys.executable, "-c", "import time; block = bytearray(200 * 2**20); time.sleep(60)"])
-    try:
-        deadline = time.monotonic() + 30
-        while reader.read().rss_bytes - before < 150 * 2**20:
-            assert time.monotonic() < deadline, "the child's 200 MB never showed in the reading"
-            time.sleep(0.2)
-    finally:
-        holder.kill()
-        holder.wait()
+def test_the_memory_guard_counts_the_engine_process_in_the_replicas_rss():
+    class Guard:  # the MemoryGuard actor's report(), as an awaitable remote call
+        def __init__(self) -> None:
+            self.reports: list[int] = []
+            self.report = self
+
+        def remote(self, replica_id: str, rss_bytes: int, gpu_bytes: int | None):
+            self.reports.append(rss_bytes)
+            future = asyncio.get_running_loop().create_future()
+            future.set_result("ok")
+            return future
+
+    guard = Guard()
+    monitor = ReplicaMemoryMonitor(guard, "replica", cleanup_cooldown_s=10.0, reader=MemoryReader())
+    asyncio.run(monitor.check_async(child_rss_bytes=0))
+    asyncio.run(monitor.check_async(child_rss_bytes=300 * 2**20))
+    assert guard.reports[1] - guard.reports[0] > 250 * 2**20  # this process's RSS moved far less in between
+    assert monitor.last_reading.rss_bytes == guard.reports[1]
