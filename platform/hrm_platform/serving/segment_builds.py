@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from hrm_platform.model.act import SegmentFn
 from hrm_platform.model.hrm import HRM
+from hrm_platform.serving.aoti_gil_free import gil_free
 
 Example = tuple[Tensor, Tensor, Tensor]  # (z_H, z_L, x) of the engine's shapes, device and dtype
 MAX_EXPORT_BATCH = 1024  # largest batch the AOTInductor package accepts
@@ -106,8 +107,11 @@ def build_aoti(model: HRM, example: Example, package: Path) -> SegmentFn:
 
 
 def load_aoti(model: HRM, example: Example, package: Path) -> SegmentFn:
+    """torch's runner of the package, checked against and replaced by the same library called with the GIL
+    released (serving/aoti_gil_free.py), so a replica's event loop runs while a segment computes."""
     with quiet_torch_deprecations():
-        return torch._inductor.aoti_load_package(str(package))
+        torch_runner = torch._inductor.aoti_load_package(str(package))
+    return gil_free(torch_runner, package, example)
 
 
 def build_compiled_int8(model: HRM, example: Example, cache_file: Path) -> SegmentFn:
