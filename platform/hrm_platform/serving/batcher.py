@@ -10,9 +10,9 @@ waited `max_wait_s`. `fill` is half the requests active in the replica (at most 
 computing one half while the event loop parses and answers the other, batches stay near half the concurrency
 instead of taking the one or two requests that happened to be parsed when the engine came free (small batches
 cost more engine time per row, and each batch costs the loop a thread hand-off). How far the engine's work
-overlaps the loop's depends on the variant: TorchScript releases the GIL inside its run, while AOTInductor's
-runner (the default `compiled`) keeps it for each segment, so the loop runs only between segments and in the
-engine's numpy and torch calls that release it (benchmarks/engine_gil.py measures this per variant).
+overlaps the loop's depends on the variant: TorchScript and the default `compiled` (AOTInductor's kernels called
+through ctypes, serving/aoti_gil_free.py) release the GIL while they compute; the engine's feature columns and
+its ACT loop's Python between segments still hold it (benchmarks/engine_gil.py measures this per variant).
 
 Why not `@serve.batch`: it has no "alone: run inline" path and no fill target that follows the load; it waits
 for max_batch_size or its timeout whatever the concurrency.

@@ -5,10 +5,11 @@
         predictions = engine.predict_bars(bars, budgets)   # as InferenceEngine.predict_bars; blocks the caller only
     engine.close()
 
-Why: the replica's event loop (HTTP, parsing, answers) and its inference thread share one GIL, and the default
-`compiled` engine keeps the GIL for each segment's whole run (AOTInductor's runner does not release it;
-`python -m benchmarks.engine_gil`). In the child, the same engine computes a batch while the replica's loop goes
-on: the replica's inference thread only pickles the bars, then waits on a socket with the GIL released.
+Why: the replica's event loop (HTTP, parsing, answers) and its inference thread share one GIL. The default
+`compiled` engine releases it inside each segment (serving/aoti_gil_free.py), but its feature columns and the
+ACT loop's Python between segments hold it (`python -m benchmarks.engine_gil`). In the child, the whole batch is
+computed while the replica's loop goes on: the replica's inference thread only pickles the bars, then waits on
+a socket with the GIL released.
 
 The child is `python -m hrm_platform.serving.engine_process CHECKPOINT VARIANT THREADS FD`: it loads the engine
 with `InferenceEngine.from_checkpoint` (the same verified artefacts as the replica's own engine), runs one batch
