@@ -123,5 +123,9 @@ def _open_model_library(package: Path) -> ctypes.CDLL:
 
 # torch's handle conversions speak PyCapsules holding the raw handle (no capsule name). Own prototypes, so that
 # ctypes.pythonapi's shared function objects keep their settings.
-_capsule_pointer = ctypes.PYFUNCTYPE(_void_p, ctypes.py_object, ctypes.c_char_p)(("PyCapsule_GetPointer", ctypes.pythonapi))
-_new_capsule = ctypes.PYFUNCTYPE(ctypes.py_object, _void_p, ctypes.c_char_p, _void_p)(("PyCapsule_New", ctypes.pythonapi))
+_capsule_pointer = ctypes.PYFUNCTYPE(_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi)
+)
+_new_capsule = ctypes.PYFUNCTYPE(ctypes.py_object, _void_p, ctypes.c_char_p, _void_p)(
+    ("PyCapsule_New", ctypes.pythonapi)
+)

@@ -15,8 +15,10 @@ The child is `python -m hrm_platform.serving.engine_process CHECKPOINT VARIANT T
 with `InferenceEngine.from_checkpoint` (the same verified artefacts as the replica's own engine), runs one batch
 to warm it up, says it is ready, then answers one request at a time over the socket (pickles framed by
 multiprocessing's Connection). A request that fails in the child raises `EngineProcessError` with the child's
-message in the replica; the child keeps serving. The child exits when the socket closes: on `close()`, or when
-the replica's process dies.
+message in the replica; the child keeps serving. A child that leaves a batch unanswered for `reply_timeout_s`
+(the replica's serve.request_timeout_s) hangs: it is killed, and the replica's batches come back to its own
+engine until its health check, which fails on the exited child, restarts it. The child exits when the socket
+closes: on `close()`, or when the replica's process dies.
 """
 
 from __future__ import annotations
@@ -52,25 +54,28 @@ class EngineProcess:
     state: str = "loading"  # -> "ready" | "failed" (ready())
     error: str = ""  # why it failed to load
     closed: bool = False  # by close(): the child was asked to exit, not lost
+    reply_timeout_s: float | None = None  # a batch unanswered this long: the child hangs, is killed (None: no limit)
     _first_message: threading.Lock = field(default_factory=threading.Lock, repr=False)  # ready() from any thread
 
     @classmethod
-    def spawn(cls, checkpoint: str | Path, variant: str, torch_threads: int) -> EngineProcess:
+    def spawn(cls, checkpoint: str | Path, variant: str, torch_threads: int,
+              reply_timeout_s: float | None = None) -> EngineProcess:
         """Start the child and return at once; it loads in the background (`ready()`)."""
         ours, theirs = socket.socketpair()
         command = [sys.executable, "-m", __name__, str(checkpoint), variant, str(torch_threads), str(theirs.fileno())]
         process = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
-        return cls(process, Connection(ours.detach()), variant)
+        return cls(process, Connection(ours.detach()), variant, reply_timeout_s=reply_timeout_s)
 
     @classmethod
     def start(cls, checkpoint: str | Path, variant: str, torch_threads: int,
-              timeout_s: float = READY_TIMEOUT_S) -> EngineProcess:
+              timeout_s: float = READY_TIMEOUT_S, reply_timeout_s: float | None = None) -> EngineProcess:
         """Start the child and wait until its engine has loaded; raises EngineProcessError with its reason."""
-        engine = cls.spawn(checkpoint, variant, torch_threads)
+        engine = cls.spawn(checkpoint, variant, torch_threads, reply_timeout_s)
         if not engine.wait_ready(timeout_s):
             engine.close()
-            raise EngineProcessError(engine.error or f"the engine process did not load {checkpoint} in {timeout_s:.0f} s")
+            waited = f"the engine process did not load {checkpoint} in {timeout_s:.0f} s"
+            raise EngineProcessError(engine.error or waited)
         return engine
 
     def wait_ready(self, timeout_s: float) -> bool:
@@ -102,11 +107,16 @@ class EngineProcess:
             logger.warning("batches run in the replica's process: %s", error)
 
     def predict_bars(self, bars: Sequence[np.ndarray], budgets: Sequence[int | None]) -> list[Any]:
-        """InferenceEngine.predict_bars in the child: one Prediction per request, in order."""
+        """InferenceEngine.predict_bars in the child: one Prediction per request, in order. A child that gives
+        no answer in reply_timeout_s hangs: it is killed (status "exited") and EngineProcessError says so."""
         try:
             self.connection.send((list(bars), list(budgets)))
         except OSError as error:
             raise EngineProcessError(f"the engine process is gone ({error})") from None
+        if self.reply_timeout_s is not None and not self.connection.poll(self.reply_timeout_s):
+            self.process.kill()
+            self.process.wait()
+            raise EngineProcessError(f"the engine process gave no answer in {self.reply_timeout_s:g} s; killed it")
         return self._reply()
 
     @property

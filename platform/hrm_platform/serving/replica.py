@@ -5,10 +5,11 @@ does not take goes to the FastAPI + pydantic route, serving/http.py, schemas.py)
 price jumps) -> cache lookup keyed on (model_version, bars, budget) -> a miss alone in the replica is computed at
 once; concurrent misses go through the EngineBatcher (serving/batcher.py), which gathers them into engine calls
 on a single inference thread, filled to half the requests in the replica -> response. The engine, the cache and
-the memory guard are the replica's; the checkpoint comes from `user_config`, so a `serve deploy` that changes only `user_config.checkpoint` calls
-`reconfigure()` on the running replica: the new engine is built beside the old one, then swapped in with one
-assignment. Requests in flight finish on the model they started with, and the cache key carries the model
-version, so nothing the old model computed is served after the swap. A checkpoint that fails to load never
+the memory guard are the replica's; the checkpoint comes from `user_config`, so a `serve deploy` that changes
+only `user_config.checkpoint` calls `reconfigure()` on the running replica: the new engine is built beside the
+old one, then swapped in with one assignment. Requests in flight finish on the model they started with, and
+the cache key carries the model version, so nothing the old model computed is served after the swap. A
+checkpoint that fails to load never
 stops a replica from serving: a running one keeps its model, and a starting one (restarted after a reload
 to a damaged checkpoint) serves the checkpoint the app was built with; both report `reload_error`.
 
@@ -87,9 +88,11 @@ class ServedModel:
 
     def batch_predictor(self) -> InferenceEngine | EngineProcess:
         """Where a batch runs: the engine process once it is ready, else (loading, failed to load, closed by a
-        reload) this process's engine. Called on the inference thread only."""
+        reload, exited or killed for hanging: the health check then restarts the replica) this process's engine.
+        Called on the inference thread only."""
         child = self.batch_engine
-        return child if child is not None and not child.closed and child.ready() else self.engine
+        usable = child is not None and not child.closed and child.ready() and child.alive
+        return child if usable else self.engine
 
     @property
     def version(self) -> str:
@@ -129,7 +132,9 @@ def _start_engine_process(engine: InferenceEngine, serve_config: ServeConfig) ->
     this process. None when off or on a GPU."""
     if not serve_config.engine_process or engine.device.type != "cpu":
         return None
-    return EngineProcess.spawn(engine.checkpoint_dir, engine.variant, serve_config.torch_threads)
+    return EngineProcess.spawn(  # a batch slower than a request may wait for its answer: the child hangs
+        engine.checkpoint_dir, engine.variant, serve_config.torch_threads, serve_config.request_timeout_s
+    )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ errors and its exit, and goes away when closed; the replica's memory reading cou
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
@@ -58,6 +60,22 @@ def test_close_ends_the_child_and_a_lost_child_is_reported(engine):
         lost.predict_bars([synthetic_bars(engine.bars_needed)], [None])
     assert not lost.alive and not lost.closed
     lost.close()
+
+
+def test_a_child_that_hangs_is_killed_after_the_reply_timeout_and_batches_come_back_to_this_process(engine):
+    hung = EngineProcess.start(engine.checkpoint_dir, engine.variant, torch_threads=1, reply_timeout_s=0.5)
+    served = ServedModel(engine, summary=None, batch_engine=hung)
+    try:
+        assert served.batch_predictor() is hung
+        os.kill(hung.process.pid, signal.SIGSTOP)  # alive, but it neither answers nor exits
+        started = time.monotonic()
+        with pytest.raises(EngineProcessError, match="no answer in 0.5 s; killed it"):
+            hung.predict_bars([synthetic_bars(engine.bars_needed)], [None])
+        assert 0.5 <= time.monotonic() - started < 10
+        assert not hung.alive and hung.status() == "exited"  # the replica's health check fails on this
+        assert served.batch_predictor() is engine
+    finally:
+        hung.close()
 
 
 def test_a_child_that_cannot_load_says_why_and_batches_stay_in_this_process(trained_checkpoint, engine):
