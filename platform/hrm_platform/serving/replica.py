@@ -9,9 +9,9 @@ the memory guard are the replica's; the checkpoint comes from `user_config`, so 
 only `user_config.checkpoint` calls `reconfigure()` on the running replica: the new engine is built beside the
 old one, then swapped in with one assignment. Requests in flight finish on the model they started with, and
 the cache key carries the model version, so nothing the old model computed is served after the swap. A
-checkpoint that fails to load never
-stops a replica from serving: a running one keeps its model, and a starting one (restarted after a reload
-to a damaged checkpoint) serves the checkpoint the app was built with; both report `reload_error`.
+checkpoint that fails to load never stops a replica from serving: a running one keeps its model, and a starting
+one (restarted after a reload to a damaged checkpoint) serves the checkpoint the app was built with; both report
+`reload_error`.
 
 Streams (/v1/streams: serving/stream_service.py, streams.py): the replica's StreamStore keeps each stream's recent
 bars, and a stream request joins the path above at the cache lookup (`decide`), so its answer is /v1/predict's.
