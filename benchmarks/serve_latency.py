@@ -21,8 +21,8 @@ Rows (HTTP rows: one per server per client):
   beside ours with serve.lean_path=false (the FastAPI + pydantic route) and ours with serve.engine_process
   flipped (default false: batches in the replica's process; true: in its engine process). At c=32 the mean
   engine batch comes from /v1/health's engine_calls around each round (delta of inline + batched_rows over
-  delta of inline + batched; largest: the running maximum). Also ours' cache-hit path (asyncio client) and the replica's RSS, its engine
-  process's included. Unless --skip-python-proxy, a second cluster measures uvicorn, naive and ours with
+  delta of inline + batched; largest: the running maximum). Also ours' cache-hit path (asyncio client) and the
+  replica's RSS, its engine process's included. Unless --skip-python-proxy, a second cluster measures uvicorn, naive and ours with
   serve.fast_ingress=false (Serve's Python proxy): the naive baseline on all of Serve's defaults.
 
 Rounds: for each client and each concurrency (1, then 32), --rounds rounds of --seconds each per server, the

@@ -91,8 +91,7 @@ class ServedModel:
         reload, exited or killed for hanging: the health check then restarts the replica) this process's engine.
         Called on the inference thread only."""
         child = self.batch_engine
-        usable = child is not None and not child.closed and child.ready() and child.alive
-        return child if usable else self.engine
+        return child if child is not None and child.status() == "ready" else self.engine
 
     @property
     def version(self) -> str:
