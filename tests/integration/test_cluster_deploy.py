@@ -28,11 +28,11 @@ import pytest
 import yaml
 
 from hrm_platform.checkpoint import load_manifest
+from hrm_platform.serving.ingress import free_ports
 from tests.integration.test_train_jobs import (
     RAY,
     REPO_ROOT,
     VENV_BIN,
-    _free_ports,
     _group_pids,
     _start_head,
     _stop_group,
@@ -112,7 +112,7 @@ def _predict(url: str, token: str, timeout_s: float) -> httpx.Response:
 
 
 def test_serve_deploy_of_our_yaml_on_a_cluster_started_elsewhere(trained_checkpoint: Path, tmp_path: Path) -> None:
-    gcs, dashboard_port, client, agent_http, agent_grpc, runtime_env, metrics, http_port = _free_ports(8)
+    gcs, dashboard_port, client, agent_http, agent_grpc, runtime_env, metrics, http_port = free_ports(8)
     elsewhere = Path(tempfile.mkdtemp(prefix="hrmdep-", dir="/tmp"))  # short: Ray's socket paths are length-limited
     env = _serve_env(http_port)
     dashboard = f"http://127.0.0.1:{dashboard_port}"

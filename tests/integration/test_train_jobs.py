@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import psutil
 import pytest
 
 from hrm_platform.checkpoint import load_checkpoint, load_manifest
+from hrm_platform.serving.ingress import free_ports
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -43,17 +43,6 @@ class HeadNode:
     dashboard_url: str
     env: dict[str, str]  # for `ray job ...` and the cluster itself: token auth, API address
     process_group: int
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _group_pids(process_group: int) -> list[int]:
@@ -94,7 +83,7 @@ def _start_head(command: list[str], env: dict[str, str], cwd: Path | None = None
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[HeadNode]:
-    gcs, dashboard, client, agent_http, agent_grpc, runtime_env, metrics = _free_ports(7)
+    gcs, dashboard, client, agent_http, agent_grpc, runtime_env, metrics = free_ports(7)
     temp_dir = tempfile.mkdtemp(prefix="hrmray-", dir="/tmp")  # short: Ray's unix socket paths are length-limited
     url = f"http://127.0.0.1:{dashboard}"
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}

@@ -25,6 +25,7 @@ stale copy (X-Stream-Generation tells): 409 stream_unknown, and the client re-se
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 from pathlib import Path
@@ -33,6 +34,7 @@ from hrm_platform.config import ConfigError, ServeConfig
 
 HAPROXY_BIND_WRAPPER = Path(__file__).with_name("haproxy_bind.sh")
 STREAM_ID_HEADER = "X-Stream-Id"  # a stream request's id, again, for HAProxy to hash (the path is not hashed)
+PORTS_ABOVE = 20_000  # free_ports draws from here up: Ray's workers bind 10002-19999 by default
 _BIND_HOST = re.compile(r"^[A-Za-z0-9.:\-]+$")  # an IP or a host name: safe inside the wrapper's sed expression
 
 
@@ -40,6 +42,7 @@ def ingress_env(serve_config: ServeConfig) -> dict[str, str]:
     """Environment variables for Serve's controller, which its proxies and replicas inherit."""
     if not serve_config.fast_ingress:
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    stats, metrics, fallback_http, fallback_grpc = free_ports(4)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -54,10 +57,10 @@ def ingress_env(serve_config: ServeConfig) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "1" if serve_config.ingress_metrics else "0",
         "RAY_SERVE_HAPROXY_BALANCE_ALGORITHM": balance_algorithm(serve_config.stream_affinity),
         **haproxy_bind_env(serve_config.host),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
     }
 
 
@@ -115,9 +118,49 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at `host` now, for a server that binds it later (see free_ports)."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports free at `host` now, drawn between Ray's worker ports and the kernel's ephemeral range.
+
+    Not from the ephemeral range (what binding port 0 returns): the kernel hands those out to every outgoing
+    connection, so one could take the port between this check and the server's bind (HAProxy then failed to
+    start with "Address already in use" for its stats port). Below that range only an explicit bind takes a
+    port. Falls back to port 0 when the range leaves no room or nothing there is free."""
+    low, high = PORTS_ABOVE, _ephemeral_low()
+    chosen: list[int] = []
+    draw = random.SystemRandom()  # not the seedable global generator: two processes must not draw alike
+    for _ in range(50 * count if high - low > 100 else 0):
+        port = draw.randrange(low, high)
+        if port not in chosen and _bindable(host, port):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    while len(chosen) < count:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            if probe.getsockname()[1] not in chosen:
+                chosen.append(probe.getsockname()[1])
+    return chosen
+
+
+def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The first port the kernel may assign to an outgoing connection (Linux; 32768 elsewhere, as on Linux)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def keep_replica_grpc_on_loopback() -> bool:

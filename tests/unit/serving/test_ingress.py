@@ -102,8 +102,10 @@ def test_fast_ingress_env_runs_haproxy_through_the_wrapper(monkeypatch) -> None:
     assert int(env["RAY_SERVE_HAPROXY_RETRIES"]) > 3  # outlasts the 3 errors that mark a dead replica down
     assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
     assert ingress_env(ServeConfig(ingress_metrics=True))["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"
-    ports = [int(env[name]) for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")]
-    assert not set(ports) & {8404, 9101}
+    ports = [int(env[f"RAY_SERVE_{name}_PORT"]) for name in ("HAPROXY_STATS", "HAPROXY_METRICS",
+                                                               "FALLBACK_PROXY_HTTP", "FALLBACK_PROXY_GRPC")]
+    assert not set(ports) & {8404, 9101} and len(set(ports)) == 4
+    assert all(ingress.PORTS_ABOVE <= port < ingress._ephemeral_low() for port in ports)
     # a stream's requests hash to one replica by X-Stream-Id (others: round robin); off, Ray's leastconn
     assert env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] == "hdr(X-Stream-Id)"
     assert ingress_env(ServeConfig(stream_affinity=False))["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] == "leastconn"
@@ -152,3 +154,31 @@ def test_serve_env_refuses_a_bad_host(capsys) -> None:
 
     assert main(["serve-env", "serve.host=evil;host"]) == 2
     assert "serve.host='evil;host'" in capsys.readouterr().err
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range(tmp_path) -> None:
+    """Ports the kernel gives outgoing connections (binding port 0) could be taken before the server binds them:
+    free_ports draws below that range, and only when the range leaves no room falls back to port 0."""
+    ports = ingress.free_ports(20)
+    assert len(set(ports)) == 20
+    assert all(ingress.PORTS_ABOVE <= port < ingress._ephemeral_low() for port in ports)
+    assert all(ingress._bindable("127.0.0.1", port) for port in ports)
+    no_room = tmp_path / "ip_local_port_range"
+    no_room.write_text(f"{ingress.PORTS_ABOVE + 10}\t60999\n")
+    assert ingress._ephemeral_low(no_room) == ingress.PORTS_ABOVE + 10
+    assert ingress._ephemeral_low(tmp_path / "absent") == 32768
+
+
+@pytest.mark.parametrize("no_room", ["range too small", "nothing free there"])
+def test_free_ports_fall_back_to_port_zero(monkeypatch, no_room: str) -> None:
+    import socket
+
+    if no_room == "range too small":
+        monkeypatch.setattr(ingress, "_ephemeral_low", lambda: ingress.PORTS_ABOVE + 10)
+    else:
+        monkeypatch.setattr(ingress, "_bindable", lambda host, port: False)
+    ports = ingress.free_ports(3)
+    assert len(set(ports)) == 3
+    for port in ports:  # each one the kernel's: free now
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
