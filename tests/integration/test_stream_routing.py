@@ -17,7 +17,8 @@ the kill is idempotent), and after each the stateless /v1/predict on the same wi
              get 409 stream_unknown and re-seed on the survivor
     after    the last quarter, once Serve's replacement is routed to: streams that hash to it re-seed there
 
-Every request, push or reference, must be answered within FAIL_FAST_S, and no push may get a 5xx. The reference
+Every request, push or reference, must be answered within FAIL_FAST_S, and no push may end in a 5xx: StreamClient
+re-seeds a push whose answer was cut or was an HAProxy 5xx at the kill, as a client must. The reference
 /v1/predict is sent again once when its first try failed in transit at the kill (cut mid-answer, or an HAProxy 5xx:
 1 of 20,000 at the issue's scale); the report lists those, and only the kill phase may have any.
 """

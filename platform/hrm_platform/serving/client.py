@@ -140,8 +140,9 @@ class StreamClient:
 
     def push(self, bars: np.ndarray, timestamps: Sequence[Any] | None = None,
              position: float | None = None) -> dict[str, Any]:
-        """Send (k, 5) new bars; the decision for the newest. Re-seeds instead, once, on stream_unknown or when the
-        POST got no answer."""
+        """Send (k, 5) new bars; the decision for the newest. Re-seeds instead, once, on stream_unknown, or when the
+        POST got no answer or a server error other than `overloaded` (the ingress's 5xx for a replica that went away
+        mid-request, or the replica's own 500): the bars may or may not have been taken in."""
         bars = np.asarray(bars, dtype=np.float64).reshape(-1, 5)
         if position is not None:
             self.position = position
@@ -151,6 +152,8 @@ class StreamClient:
         try:
             response = self._request("POST", self.path + "/bars", json=_without_nulls(body))
         except ClientError:  # no answer (the replica died mid-request?): whether or not it took the bars, a PUT is safe
+            return self._seed(np.concatenate([self._bars, bars]), self._times + times, reseed=True)
+        if response.status_code >= 500 and _error_body(response).get("error") != "overloaded":
             return self._seed(np.concatenate([self._bars, bars]), self._times + times, reseed=True)
         if response.status_code == 409 and _error_body(response).get("error") == "stream_unknown":
             self._keep = max(self._keep, int(_error_body(response).get("bars_needed") or 0))

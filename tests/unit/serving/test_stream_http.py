@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from hrm_platform.config import ServeConfig
 from hrm_platform.data.market import generate_market
 from hrm_platform.data.ohlcv import BAR_COLUMNS
+from hrm_platform.serving.errors import overloaded
 from hrm_platform.serving.http import create_api
 from hrm_platform.serving.schemas import PredictResponse
 from hrm_platform.serving.stream_schemas import example_times
@@ -247,6 +248,7 @@ class Router:
         self.base_url = "http://ingress"
         self.to = next(iter(replicas))
         self.cut_next_post = False  # the next POST is taken in, then its answer is lost (a replica killed mid-answer)
+        self.next_post_status: int | None = None  # the next POST is taken in, then the ingress answers this instead
 
     def request(self, method: str, path: str, **kwargs):
         import httpx
@@ -255,6 +257,9 @@ class Router:
         if method == "POST" and self.cut_next_post:
             self.cut_next_post = False
             raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        if method == "POST" and self.next_post_status is not None:
+            status, self.next_post_status = self.next_post_status, None
+            return httpx.Response(status, text="<html><body><h1>500 Internal Server Error</h1></body></html>")
         return response
 
 
@@ -295,3 +300,27 @@ def test_a_push_whose_answer_is_lost_is_reseeded_not_sent_twice():
     stream.push(BARS[9:10])
     assert np.array_equal(replica.windows[-1], BARS[10 - BARS_NEEDED : 10])
     assert np.array_equal(replica.streams.store.peek("SYN-1m").bars, BARS[10 - BARS_NEEDED : 10])
+
+
+def test_a_push_answered_by_an_ingress_error_is_reseeded_and_overloaded_is_not():
+    """An HTTP 5xx from the ingress (HAProxy's page for a replica gone mid-request) leaves it unknown whether the
+    bar went in: the client re-seeds, as for a lost answer, and the stream's next decision reads the right bars.
+    The replica's own 503 `overloaded` took nothing in: it reaches the caller, and the stream is left as it was."""
+    from hrm_platform.serving.client import ClientError, StreamClient
+
+    replica = FakeReplica(ServeConfig())
+    router = Router({"a": replica})
+    stream = StreamClient(router, "SYN-1m")
+    stream.open(BARS[:8])
+    router.next_post_status = 500
+    assert stream.push(BARS[8:9])["bars_seen"] == 8 and stream.reseeds == 1
+    stream.push(BARS[9:10])
+    assert np.array_equal(replica.windows[-1], BARS[10 - BARS_NEEDED : 10])
+
+    def shedding():
+        raise overloaded("over the memory limit")
+
+    replica.streams._current_model = shedding
+    with pytest.raises(ClientError) as refused:
+        stream.push(BARS[10:11])
+    assert refused.value.status == 503 and stream.reseeds == 1
