@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
@@ -60,25 +59,19 @@ class EngineBatcher(Generic[Item, Result]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.stats = BatchStats()
-        self.active = 0  # requests in the replica: in submit(), or in request() (one still being parsed)
+        self.active = 0  # requests in submit(): queued, computing, or run inline
         self._waiting: list[_Waiting[Item, Result]] = []
         self._busy = False  # a batch is on the inference thread
         self._timer: asyncio.TimerHandle | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrm-engine")
 
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Counts a request in `active` for its stay (submit() counts its own)."""
+    async def submit(self, item: Item) -> Result:
         self.active += 1
         try:
-            yield
+            return await self._submit(item)
         finally:
             self.active -= 1
             self._maybe_dispatch()  # a smaller fill may now be met
-
-    async def submit(self, item: Item) -> Result:
-        with self.request():
-            return await self._submit(item)
 
     async def _submit(self, item: Item) -> Result:
         await asyncio.sleep(0)  # requests the loop has already read get to register first: a burst is not "alone"
