@@ -312,7 +312,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="base URL of the server",
     )
     predict.add_argument(
-        "--bars", type=Path, metavar="FILE", required=True, help="OHLCV CSV/Parquet; its latest bars per symbol are sent"
+        "--bars", type=Path, metavar="FILE", required=True,
+        help="OHLCV CSV/Parquet; its latest bars per symbol are sent",
     )
     predict.add_argument(
         "--position", type=float, default=0.0, help="current position: -1 full short .. 0 flat .. 1 full long"

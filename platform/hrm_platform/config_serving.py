@@ -88,7 +88,9 @@ class ServeConfig(Strict):
     guard_timeout_s: float = Field(2.0, gt=0, description="how long /v1/health waits for the guard's snapshot")
     start_timeout_s: float = Field(180.0, gt=0, description="how long `start_server` waits for the app to run")
     health_check_period_s: float = Field(5.0, gt=0, description="Serve's health check of each replica")
-    health_check_timeout_s: float = Field(15.0, gt=0, description="a replica not answering its check this long restarts")
+    health_check_timeout_s: float = Field(
+        15.0, gt=0, description="a replica not answering its check this long restarts"
+    )
     request_timeout_s: float = Field(
         2.5, gt=0, description="Serve's proxy answers 408 after this; requests fail fast while no replica is alive"
     )

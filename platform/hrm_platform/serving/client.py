@@ -59,7 +59,8 @@ def predict_from_file(
         ]
         answers = _call(client, "POST", "/v1/predict/batch", json={"requests": requests})["responses"]
     header = f"model {model['model_version']} ({model['variant']}) at {url}, position {position:+.2f}"
-    lines = [_describe(symbol, frame.index[-1], answer) for (symbol, frame), answer in zip(instruments.items(), answers)]
+    lines = [_describe(symbol, frame.index[-1], answer)
+             for (symbol, frame), answer in zip(instruments.items(), answers)]
     return "\n".join([header, *lines])
 
 
@@ -100,7 +101,8 @@ def _describe(symbol: str, last_bar: Any, answer: dict[str, Any]) -> str:
 def unauthorized_hint(token_env: str, token_sent: bool) -> str:
     """What to do about a 401: send a token, or check the one sent."""
     if token_sent:
-        return f"the server refused the bearer token in {token_env}: it must equal the token the server was started with"
+        return (f"the server refused the bearer token in {token_env}: it must equal the token the server was "
+                "started with")
     return f"the server requires a bearer token: set {token_env} (or --token-env NAME)"
 
 

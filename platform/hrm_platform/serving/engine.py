@@ -1,8 +1,9 @@
 """Inference engine: a verified checkpoint, one engine variant, ACT inference with per-request budgets.
 
-    engine = InferenceEngine.from_checkpoint("artifacts/demo/report/runs/demo-fold2/epoch_0003")  # what `hrm export` chose
-    engine.predict_bars([bars], budgets=[None])                           # bars (N >= bars_needed, 5) OHLCV
-    engine.segments_for_deadline(5.0)                                     # budget that fits in 5 ms
+    # the variant `hrm export` chose for this checkpoint
+    engine = InferenceEngine.from_checkpoint("artifacts/demo/report/runs/demo-fold2/epoch_0003")
+    engine.predict_bars([bars], budgets=[None])  # bars (N >= bars_needed, 5) OHLCV
+    engine.segments_for_deadline(5.0)            # budget that fits in 5 ms
 
 No Ray here: Serve replicas, benchmarks and tests use the same object. Requests carry raw bars; the engine
 builds the model's window with the checkpoint's `FeatureSpec` (the code and statistics training used), runs

@@ -1,7 +1,8 @@
 """Export: build every engine variant once, measure and check it, choose what replicas serve.
 
     hrm export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
-    ray job submit --working-dir . -- python -m jobs.export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
+    ray job submit --working-dir . -- \\
+        python -m jobs.export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
 
 For each variant (serving/variants.py) export builds it and writes its artefacts, then, side by side in one
 process with `serve.torch_threads` threads:

@@ -240,7 +240,8 @@ def _add_error_handlers(api: FastAPI) -> None:
     async def invalid_body(_: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
         if first["type"] == "json_invalid":
-            return error_response(400, "invalid_json", f"body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+            reason = first.get("ctx", {}).get("error", first["msg"])
+            return error_response(400, "invalid_json", f"body is not valid JSON: {reason}")
         location = tuple(first["loc"])
         field = field_name(location)
         if first["type"] == "missing" and field is None:
