@@ -19,8 +19,8 @@ the kill is idempotent), and after each the stateless /v1/predict on the same wi
 
 Every request, push or reference, must be answered within FAIL_FAST_S, and no push may end in a 5xx: StreamClient
 re-seeds a push whose answer was cut or was an HAProxy 5xx at the kill, as a client must. The reference
-/v1/predict is sent again once when its first try failed in transit at the kill (cut mid-answer, or an HAProxy 5xx:
-1 of 20,000 at the issue's scale); the report lists those, and only the kill phase may have any.
+/v1/predict is sent again (PREDICT_TRIES in all) while it fails in transit at the kill (cut mid-answer, or an
+HAProxy 5xx: 1 of 20,000 at the issue's scale); the report lists those, and only the kill phase may have any.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ ROUTING_APP = "hrm-routing"
 ROUTE_PREFIX = "/routing"
 REPLICAS = 2
 KILL_AFTER = 0.2  # share of the kill phase's pushes done when the replica is killed
+PREDICT_TRIES = 3  # a reference /v1/predict failing in transit at the kill is sent again, this many tries in all
+PREDICT_RETRY_PAUSE_S = 0.1  # between them: HAProxy drops a dead replica after 3 errors
 REPLACEMENT_TIMEOUT_S = 120.0
 
 
@@ -153,21 +155,26 @@ class StreamRun:
                     client.reseeds > reseeds, pushed_at - started, ended - pushed_at, ended)
 
     def _predict(self, window: np.ndarray) -> tuple[httpx.Response | None, int | str, str | None]:
-        """/v1/predict on `window` (the reference answer), sent again once when the first try failed in transit: no
-        answer (a replica killed while answering cuts the connection after the status line, which HAProxy cannot
-        replay) or an HAProxy 5xx (its 502/503/504 arrive as 500) at the kill. The answer, its status, and the
-        first try's failure when it was sent again."""
-        failure: str | None = None
-        for _ in range(2):
+        """/v1/predict on `window` (the reference answer), sent again, up to PREDICT_TRIES in all, while it fails in
+        transit: no answer (a replica killed while answering cuts the connection after the status line, which
+        HAProxy cannot replay) or an HAProxy 5xx (its 502/503/504 arrive as 500) at the kill; a cut try was once
+        followed by a 500 while HAProxy still listed the dead replica. The answer (None when every try failed), its
+        status, and the first try's failure when it was sent again."""
+        first_failure: str | None = None
+        status: int | str = ""
+        for attempt in range(PREDICT_TRIES):
+            if attempt:
+                time.sleep(PREDICT_RETRY_PAUSE_S)
             try:
                 response = self.http.post("/v1/predict", json={"bars": window.tolist()})
             except httpx.TransportError as error:
-                failure = type(error).__name__
-                continue
-            if response.status_code < 500 or failure is not None:
-                return response, response.status_code, failure
-            failure = str(response.status_code)
-        return None, failure or "", failure
+                status = type(error).__name__
+            else:
+                if response.status_code < 500:
+                    return response, response.status_code, first_failure
+                status = response.status_code
+            first_failure = first_failure or str(status)
+        return None, status, first_failure
 
 
 def compare(streamed: dict | None, stateless: dict | None) -> tuple[bool, str]:
