@@ -126,7 +126,9 @@ def main() -> None:
     print(f"memory per worker, growth from {min(args.scales)}x to {max(args.scales)}x: " +
           ", ".join(f"{loader} {value:.2f}x" for loader, value in summary.items()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"args": vars(args), "runs": rows, "private_memory_growth": summary}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps({"args": vars(args), "runs": rows, "private_memory_growth": summary}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -102,7 +102,9 @@ def training_rounds(args: argparse.Namespace, checkpoint: Path) -> list[dict[str
             continue
         flops = measured["samples_per_s"] * measured["segments_run_per_batch"] * per_segment
         speed = throughput_figures(flops, 1.0, torch.device("cuda", 0), world_size=1)
-        rows.append({"variant": label, **measured, "model_flops_per_sample": flops / measured["samples_per_s"], **speed})
+        rows.append(
+            {"variant": label, **measured, "model_flops_per_sample": flops / measured["samples_per_s"], **speed}
+        )
         print(f"  {label}: {measured['samples_per_s']:.0f} samples/s", flush=True)
     measured_rows = [row for row in rows if "error" not in row]
     for row in measured_rows:
@@ -125,7 +127,10 @@ def _train_step_process(source_root: Path | None, batches: int, overrides: list[
 
 
 def training_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| training step (1 worker) | samples/s | x first | TFLOP/s | MFU | warm-up s | peak MiB |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| training step (1 worker) | samples/s | x first | TFLOP/s | MFU | warm-up s | peak MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['variant']} | failed: {row['error'].strip().splitlines()[-1][:80]} |||||")
@@ -160,7 +165,9 @@ def engine_figures(checkpoint: Path) -> dict[str, Any]:
     batch1 = interleaved_latency(engines, windows[:1])
     large = {size: interleaved_latency(engines, _repeat_to(windows, size)) for size in LARGE_BATCHES}
     model = engines["eager"].model
-    flops_per_window = inference_flops_per_sample(model.config, model.window, model.n_features, model.config.max_segments)
+    flops_per_window = inference_flops_per_sample(
+        model.config, model.window, model.n_features, model.config.max_segments
+    )
     rows = []
     for name in engines:
         row = {
@@ -182,7 +189,10 @@ def engine_figures(checkpoint: Path) -> dict[str, Any]:
 
 def interleaved_latency(engines: dict[str, InferenceEngine], windows: torch.Tensor) -> dict[str, dict[str, float]]:
     """p50/p90 ms of engine.run (M segments, no halting), engines interleaved, each call synchronised."""
-    budgets = {name: torch.full((windows.shape[0],), engine.max_segments, dtype=torch.int64) for name, engine in engines.items()}
+    budgets = {
+        name: torch.full((windows.shape[0],), engine.max_segments, dtype=torch.int64)
+        for name, engine in engines.items()
+    }
 
     def once(name: str) -> float:
         engine = engines[name]

@@ -225,7 +225,10 @@ def measure_interleaved(
             "p99_ms": statistics.median(r.p99_ms for r in single),
             "throughput_c32": statistics.median(r.throughput for r in loaded),
             "errors": sum(r.errors for r in single + loaded),
-            "rounds": {"c1": [asdict(r) for r in single], "c32": [asdict(r) | {"throughput": r.throughput} for r in loaded]},
+            "rounds": {
+                "c1": [asdict(r) for r in single],
+                "c32": [asdict(r) | {"throughput": r.throughput} for r in loaded],
+            },
             "load_average": os.getloadavg()[0],
         }
         print(f"  {name}: c=1 p50 {rows[name]['p50_ms']:.2f} ms p99 {rows[name]['p99_ms']:.2f} ms; "

@@ -22,8 +22,8 @@ Rows (HTTP rows: one per server per client):
   flipped (default false: batches in the replica's process; true: in its engine process). At c=32 the mean
   engine batch comes from /v1/health's engine_calls around each round (delta of inline + batched_rows over
   delta of inline + batched; largest: the running maximum). Also ours' cache-hit path (asyncio client) and the
-  replica's RSS, its engine process's included. Unless --skip-python-proxy, a second cluster measures uvicorn, naive and ours with
-  serve.fast_ingress=false (Serve's Python proxy): the naive baseline on all of Serve's defaults.
+  replica's RSS, its engine process's included. Unless --skip-python-proxy, a second cluster measures uvicorn, naive and
+  ours with serve.fast_ingress=false (Serve's Python proxy): the naive baseline on all of Serve's defaults.
 
 Rounds: for each client and each concurrency (1, then 32), --rounds rounds of --seconds each per server, the
 server order rotated each round (http_load.interleave). Each figure is the median over rounds with its
@@ -106,7 +106,9 @@ def prepare_checkpoint(checkpoint: Path | None) -> Path:
         checkpoint = REPO_ROOT / "runs" / "bench-serve" / "checkpoint"
         if not (checkpoint / MANIFEST_FILE).is_file():
             print("training a smoke checkpoint for the benchmark ...", flush=True)
-            trained = train_local(load_config(REPO_ROOT / "jobs" / "configs" / "smoke.yaml"), checkpoint.parent / "train")
+            trained = train_local(
+                load_config(REPO_ROOT / "jobs" / "configs" / "smoke.yaml"), checkpoint.parent / "train"
+            )
             subprocess.run(["cp", "-r", str(trained), str(checkpoint)], check=True)
     if not (serving_dir(checkpoint) / SERVING_MANIFEST).is_file():
         print(f"exporting {checkpoint} (measures and checks every engine variant once) ...", flush=True)

@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.train_throughput                                   # the demo preset
     .venv/bin/python -m benchmarks.train_throughput --config jobs/configs/smoke.yaml  # quick check
 
-All three train the same data for the same epochs with the same epoch loop (`training/fit.py`), validate and write a checkpoint every epoch. The plain loop is `train_local`; the
+All three train the same data for the same epochs with the same epoch loop (`training/fit.py`), validate and write a
+checkpoint every epoch. The plain loop is `train_local`; the
 Ray variants are `run_training` on one local cluster started before any clock starts (cluster start is
 excluded; worker start-up inside `fit()` is included). Per variant: wall time, samples/s over the wall
 time, samples/s inside the epochs (the loop's own measure, no start-up), and time from the call to the
@@ -70,7 +71,9 @@ def run_plain(config: PlatformConfig, storage: Path) -> VariantResult:
     train_local(config, storage / "plain")
     wall_s = time.perf_counter() - started
     latest = sorted((storage / "plain").glob("epoch_*"))[-1]
-    return _summarise("plain PyTorch (train_local)", 1, started_unix, wall_s, load_manifest(latest)["metrics"]["history"])
+    return _summarise(
+        "plain PyTorch (train_local)", 1, started_unix, wall_s, load_manifest(latest)["metrics"]["history"]
+    )
 
 
 def run_ray(config: PlatformConfig, storage: Path, workers: int) -> VariantResult:
@@ -81,7 +84,9 @@ def run_ray(config: PlatformConfig, storage: Path, workers: int) -> VariantResul
     started_unix, started = time.time(), time.perf_counter()
     summary = run_training(config, quiet=True)
     wall_s = time.perf_counter() - started
-    return _summarise(f"Ray Train, {workers} worker{'s' if workers > 1 else ''}", workers, started_unix, wall_s, summary.history)
+    return _summarise(
+        f"Ray Train, {workers} worker{'s' if workers > 1 else ''}", workers, started_unix, wall_s, summary.history
+    )
 
 
 def run_round(config: PlatformConfig, storage: Path, round_number: int) -> list[VariantResult]:
@@ -97,7 +102,8 @@ def render(rounds: list[list[VariantResult]], config_path: str, epochs: int) -> 
     lines = [
         f"train throughput: {config_path}, {epochs} epochs, 1 torch thread per process, {len(rounds)} round(s)",
         "",
-        "| round | variant | wall (s) | wall vs plain | samples/s (wall) | samples/s (in epochs) | first step (s) | final val acc |",
+        "| round | variant | wall (s) | wall vs plain | samples/s (wall) | samples/s (in epochs) | "
+        "first step (s) | final val acc |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for number, one_round in enumerate(rounds, start=1):
@@ -105,7 +111,8 @@ def render(rounds: list[list[VariantResult]], config_path: str, epochs: int) -> 
             accuracy = f"{result.final_val_accuracy:.3f}" if result.final_val_accuracy is not None else "n/a"
             lines.append(
                 f"| {number} | {result.variant} | {result.wall_s:.1f} | {result.ratio_to_plain:.2f}x | "
-                f"{result.samples_per_s_wall:.0f} | {result.samples_per_s_in_epochs:.0f} | {result.first_step_s:.1f} | {accuracy} |"
+                f"{result.samples_per_s_wall:.0f} | {result.samples_per_s_in_epochs:.0f} | "
+                f"{result.first_step_s:.1f} | {accuracy} |"
             )
     return "\n".join(lines)
 
@@ -115,7 +122,10 @@ def verdict(rounds: list[list[VariantResult]]) -> tuple[float, str]:
     median = statistics.median(ratios)
     listed = ", ".join(f"{ratio:.2f}x" for ratio in ratios)
     met = "met" if median <= TARGET_RATIO else "NOT met"
-    return median, f"Ray Train 1 worker / plain wall time per round: {listed}; median {median:.2f}x (target <= {TARGET_RATIO}x): {met}"
+    return median, (
+        f"Ray Train 1 worker / plain wall time per round: {listed}; median {median:.2f}x "
+        f"(target <= {TARGET_RATIO}x): {met}"
+    )
 
 
 def main() -> None:

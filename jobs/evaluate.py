@@ -1,7 +1,9 @@
 r"""Backtest a checkpoint, or walk forward over K folds, as a Ray job (or plainly with `python -m jobs.evaluate`).
 
-    ray job submit --working-dir . -- python -m jobs.evaluate --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003 --out artifacts/eval
-    ray job submit --working-dir . -- python -m jobs.evaluate --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003 --data bars.csv \
+    ray job submit --working-dir . -- python -m jobs.evaluate \
+        --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003 --out artifacts/eval
+    ray job submit --working-dir . -- python -m jobs.evaluate \
+        --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003 --data bars.csv \
         --out artifacts/eval
     ray job submit --working-dir . -- python -m jobs.evaluate \
         --checkpoint s3://YOUR-BUCKET/hrm-runs/hrm-gpu/epoch_0012 --out artifacts/eval

@@ -1,7 +1,9 @@
 """Export a checkpoint's inference engine as a Ray job (or plainly with `python -m jobs.export`).
 
-    ray job submit --working-dir . -- python -m jobs.export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
-    ray job submit --working-dir . -- python -m jobs.export --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003 --variants eager int8 jit_int8
+    ray job submit --working-dir . -- python -m jobs.export \\
+        --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003
+    ray job submit --working-dir . -- python -m jobs.export \\
+        --checkpoint artifacts/demo/report/runs/demo-fold2/epoch_0003 --variants eager int8 jit_int8
     ray job submit --entrypoint-num-gpus=1 --working-dir . -- python -m jobs.export \\
         --checkpoint s3://YOUR-BUCKET/hrm-runs/hrm-gpu/epoch_0012 --variants eager bf16 [export.key=value ...]
 

@@ -85,7 +85,9 @@ def serve_app(ray_cluster, trained_checkpoint: Path):
 
     token = secrets.token_hex(16)
     os.environ[SERVE_TOKEN_ENV] = token  # start_server hands it to the replicas
-    overrides = [f"serve.port={free_port()}", "serve.memory_check_interval_s=0.2", f"serve.auth_token_env={SERVE_TOKEN_ENV}"]
+    overrides = [
+        f"serve.port={free_port()}", "serve.memory_check_interval_s=0.2", f"serve.auth_token_env={SERVE_TOKEN_ENV}"
+    ]
     serve_config = load_config(SMOKE_PRESET, overrides).serve
     url = start_server(trained_checkpoint, serve_config)
     yield ServedApp(url, trained_checkpoint, serve_config, token)

@@ -177,7 +177,12 @@ def _bad_bodies(bars: np.ndarray, max_bars: int) -> list[tuple[str, bytes, str, 
         ("unknown field", body(bars=rows, side="buy"), "side", "unknown field"),
         ("position out of range", body(bars=rows, position=3), "position", "less than or equal"),
         ("a string for a number", with_value(2, 4, '"1000"'), "bars[2][4]", "number"),
-        ("bad item in a batch", body(requests=[{"bars": rows}, {"bars": negative}]), "requests[1].bars[7]", "non-positive"),
+        (
+            "bad item in a batch",
+            body(requests=[{"bars": rows}, {"bars": negative}]),
+            "requests[1].bars[7]",
+            "non-positive",
+        ),
     ]
 
 
@@ -200,7 +205,9 @@ def test_bad_input_gets_json_422_naming_the_field_and_caches_nothing(client, mar
     assert word in error["detail"]
     after = health(client)
     assert after["status"] == "ok"
-    assert {k: after["cache"][k] for k in ("hits", "misses", "size")} == {k: before[k] for k in ("hits", "misses", "size")}
+    assert {k: after["cache"][k] for k in ("hits", "misses", "size")} == {
+        k: before[k] for k in ("hits", "misses", "size")
+    }
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
@@ -252,7 +259,9 @@ def test_docs_render_offline_from_the_apps_own_assets(serve_app):
 
 def test_body_limits_and_malformed_json_are_refused_before_parsing(client, serve_app):
     limit = serve_app.serve_config.max_body_bytes
-    declared = client.post("/v1/predict", content=b"[" + b"1," * limit + b"1]", headers={"Content-Type": "application/json"})
+    declared = client.post(
+        "/v1/predict", content=b"[" + b"1," * limit + b"1]", headers={"Content-Type": "application/json"}
+    )
     assert declared.status_code == 413
     assert declared.json()["error"] == "body_too_large"
 

@@ -39,7 +39,9 @@ def test_every_arch_serves_its_export_over_http(client, serve_app, engine, marke
             reload_checkpoint(exported_arch_checkpoints[arch])
             _wait_for_checkpoint(client, exported_arch_checkpoints[arch])
             state = health(client)
-            assert state["variant"] == exported.variant == _export_choice(exported_arch_checkpoints[arch]), (arch, state)
+            assert (
+                state["variant"] == exported.variant == _export_choice(exported_arch_checkpoints[arch])
+            ), (arch, state)
             assert state["reload_error"] is None
             for bars in market_bars[:4]:
                 answer = predict(client, bars, max_segments=exported.max_segments).json()

@@ -24,7 +24,10 @@ def test_hrm_predict_cli_prints_one_decision_per_symbol(serve_app, tmp_path):
     csv = tmp_path / "bars.csv"
     pd.concat(frames).to_csv(csv)
     env = {**os.environ, "HRM_API_TOKEN": serve_app.token}
-    command = [sys.executable, "-m", "hrm_platform.cli", "predict", "--url", serve_app.url, "--bars", str(csv), "--position", "0.5"]
+    command = [
+        sys.executable, "-m", "hrm_platform.cli", "predict",
+        "--url", serve_app.url, "--bars", str(csv), "--position", "0.5",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
@@ -32,7 +35,9 @@ def test_hrm_predict_cli_prints_one_decision_per_symbol(serve_app, tmp_path):
     assert [line.split(" @ ")[0] for line in lines[1:]] == ["SYN00", "SYN01"]
     assert all(re.search(r": (HOLD|BUY |SELL) quantity", line) for line in lines[1:])
 
-    refused = subprocess.run(command, capture_output=True, text=True, env={**env, "HRM_API_TOKEN": "wrong"}, timeout=120)
+    refused = subprocess.run(
+        command, capture_output=True, text=True, env={**env, "HRM_API_TOKEN": "wrong"}, timeout=120
+    )
     assert refused.returncode == 1
     assert "401" in refused.stderr and "unauthorized" in refused.stderr
 

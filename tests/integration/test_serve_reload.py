@@ -39,7 +39,9 @@ class LoadRecorder:
         self.records: list[tuple[float, float, int, str | None, bool | None, int]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(url, headers, payloads, seed)) for seed in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(url, headers, payloads, seed)) for seed in range(threads)
+        ]
 
     def _run(self, url: str, headers: dict[str, str], payloads: list[list], seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -53,7 +55,9 @@ class LoadRecorder:
                 except httpx.HTTPError:
                     status, body = -1, {}
                 with self._lock:
-                    self.records.append((sent, time.monotonic(), status, body.get("model_version"), body.get("cached"), index))
+                    self.records.append(
+                        (sent, time.monotonic(), status, body.get("model_version"), body.get("cached"), index)
+                    )
 
     def __enter__(self) -> LoadRecorder:
         for thread in self._threads:
@@ -75,7 +79,9 @@ def _wait_for_version(client: httpx.Client, version: str, timeout_s: float = 60.
     raise AssertionError(f"model {version} not served after {timeout_s} s")
 
 
-def test_reload_under_load_fails_nothing_and_serves_nothing_stale(client, serve_app, engine, market_bars, second_checkpoint):
+def test_reload_under_load_fails_nothing_and_serves_nothing_stale(
+    client, serve_app, engine, market_bars, second_checkpoint
+):
     from hrm_platform.serving.engine import InferenceEngine
     from hrm_platform.serving.lifecycle import reload_checkpoint
 

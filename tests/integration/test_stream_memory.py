@@ -102,7 +102,9 @@ def test_memory_stays_flat_over_ten_thousand_stream_updates(serve_app, client, e
 def small_stream_limits(serve_app):
     """A side app with serve.max_streams=SMALL_MAX_STREAMS and serve.stream_idle_s=SMALL_IDLE_S beside the session's
     (the limits are read when a replica starts); a client of it."""
-    with side_app(serve_app, LIMITS_APP, LIMITS_ROUTE, max_streams=SMALL_MAX_STREAMS, stream_idle_s=SMALL_IDLE_S) as url:
+    with side_app(
+        serve_app, LIMITS_APP, LIMITS_ROUTE, max_streams=SMALL_MAX_STREAMS, stream_idle_s=SMALL_IDLE_S
+    ) as url:
         with httpx.Client(base_url=url, headers=serve_app.headers, timeout=30.0) as client:
             wait_for_stream_limits(client, SMALL_MAX_STREAMS, SMALL_IDLE_S, serve_app.serve_config.start_timeout_s)
             yield client

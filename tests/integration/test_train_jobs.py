@@ -121,7 +121,11 @@ def ray_head() -> Iterator[HeadNode]:
 
 def _listening_addresses(process_group: int) -> set[str]:
     pids = set(_group_pids(process_group))
-    return {conn.laddr.ip for conn in psutil.net_connections(kind="tcp") if conn.status == "LISTEN" and conn.pid in pids}
+    return {
+        conn.laddr.ip
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == "LISTEN" and conn.pid in pids
+    }
 
 
 def _submit_command(submission_id: str, *train_args: str) -> list[str]:
@@ -288,7 +292,9 @@ def test_killed_training_worker_recovers_from_its_last_checkpoint(ray_head: Head
         submission_id, f"train.storage_path={tmp_path}", "train.name=fault", f"train.epochs={epochs}", "--verbose"
     )
     with log_path.open("w") as log:
-        job = subprocess.Popen(command, cwd=REPO_ROOT, env=ray_head.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        job = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=ray_head.env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
         try:
             # Find a worker while epoch 1 trains (the state API takes seconds); kill it as soon as Ray has
             # registered checkpoint 1 (its run snapshot lists it; the files alone land a moment earlier).
@@ -302,7 +308,11 @@ def test_killed_training_worker_recovers_from_its_last_checkpoint(ray_head: Head
     output = log_path.read_text()
     recovery_lines = [
         line for line in output.splitlines()
-        if re.search(r"FailurePolicy|Source:|Error count|worker died|ActorDiedError|pid: |Started training worker group|world_rank=|epoch \d+/", line)
+        if re.search(
+            r"FailurePolicy|Source:|Error count|worker died|ActorDiedError|pid: |"
+            r"Started training worker group|world_rank=|epoch \d+/",
+            line,
+        )
     ]
     print(f"killed RayTrainWorker pid {victim} after epoch {finished_before_kill}; recovery log lines:")
     print("\n".join(recovery_lines))

@@ -31,7 +31,9 @@ class FinishedRun:
 
 
 def _train(storage: Path, epochs: int) -> TrainingSummary:
-    config = load_config(SMOKE_PRESET, [f"train.storage_path={storage}", f"train.name={RUN_NAME}", f"train.epochs={epochs}"])
+    config = load_config(
+        SMOKE_PRESET, [f"train.storage_path={storage}", f"train.name={RUN_NAME}", f"train.epochs={epochs}"]
+    )
     config.train.keep_checkpoints = 1
     return run_training(config, quiet=True)
 

@@ -66,6 +66,7 @@ def test_no_other_module_names_a_ray_private():
     offenders = [
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
-        if path.name != "ray_compat.py" and ("._private" in path.read_text() or "_get_global_client" in path.read_text())
+        if path.name != "ray_compat.py"
+        and ("._private" in path.read_text() or "_get_global_client" in path.read_text())
     ]
     assert offenders == []

@@ -127,7 +127,9 @@ class _TrainSums:
     sums: np.ndarray  # (blocks, F) float64 partial sums of them (or of their squared deviations)
 
 
-def _per_instrument(files: dict[str, list[str]], config: DataConfig, center: np.ndarray | None) -> dict[str, _TrainSums]:
+def _per_instrument(
+    files: dict[str, list[str]], config: DataConfig, center: np.ndarray | None
+) -> dict[str, _TrainSums]:
     """`_train_sums` for every instrument as a Ray Data task; symbol -> its sums, in symbol order."""
     rows = _instrument_items(files).map(_train_sums, fn_kwargs={"config": config, "center": center}).take_all()
     results = {str(row["symbol"]): pickle.loads(row["result"]) for row in sorted(rows, key=lambda row: row["symbol"])}

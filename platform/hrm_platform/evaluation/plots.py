@@ -128,7 +128,9 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: Path, bes
             panels[panel].plot(epochs, values, marker="o", label=_label(name))
     for title, axes in panels.items():
         if best_epoch is not None and history:
-            axes.axvline(best_epoch, color="black", linestyle="--", linewidth=0.8, label=f"evaluated (epoch {best_epoch})")
+            axes.axvline(
+                best_epoch, color="black", linestyle="--", linewidth=0.8, label=f"evaluated (epoch {best_epoch})"
+            )
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -96,7 +96,11 @@ def evaluate_checkpoint(
     if data_path is not None:  # source and path change together
         overrides = [*overrides, "data.source=file", f"data.path={data_path}"]
     config = with_overrides(
-        loaded.config, list(overrides), f"{checkpoint} config with overrides", EVALUATION_OVERRIDE_SECTIONS, "evaluation"
+        loaded.config,
+        list(overrides),
+        f"{checkpoint} config with overrides",
+        EVALUATION_OVERRIDE_SECTIONS,
+        "evaluation",
     )
     result = evaluate_split(model, loaded, config)
     return write_report(result, loaded, config, Path(out_dir))

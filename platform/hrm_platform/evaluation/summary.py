@@ -54,7 +54,9 @@ def ic_statistics(result: BacktestResult, settings: BootstrapSettings) -> dict[s
     scores = {name: _scores(by_symbol) for name, by_symbol in result.trained_decisions().items()}
     if result.oracle_expected:
         scores["oracle"] = np.concatenate([result.oracle_expected[symbol] for symbol in result.decisions])
-    return ordered({name: information_coefficients(score, forward, settings).to_dict() for name, score in scores.items()})
+    return ordered(
+        {name: information_coefficients(score, forward, settings).to_dict() for name, score in scores.items()}
+    )
 
 
 def _scores(by_symbol: dict[str, ModelDecisions]) -> np.ndarray:
@@ -133,7 +135,10 @@ def pool_results(results: list[BacktestResult]) -> BacktestResult:
         "portfolio",
         portfolios[0].timestamps.append([portfolio.timestamps for portfolio in portfolios[1:]]),
         np.concatenate([portfolio.asset_returns for portfolio in portfolios]),
-        runs={name: _concatenated_runs([portfolio.runs[name] for portfolio in portfolios]) for name in first.portfolio.runs},
+        runs={
+            name: _concatenated_runs([portfolio.runs[name] for portfolio in portfolios])
+            for name in first.portfolio.runs
+        },
     )
     return BacktestResult(
         instruments=[],

@@ -23,7 +23,8 @@ def strategy_lines(portfolio: dict[str, dict], ic: dict[str, dict], confidence: 
 def strategy_table_markdown(portfolio: dict[str, dict], ic: dict[str, dict], confidence: float) -> str:
     """Per strategy: returns, Sharpe with its interval, the model's paired Sharpe lead, risk, trading, IC."""
     level = f"{confidence:.0%}"
-    header = (f"| strategy | total return | annualised | Sharpe | Sharpe {level} CI | model's Sharpe lead ({level} CI) | "
+    header = (f"| strategy | total return | annualised | Sharpe | Sharpe {level} CI | "
+              f"model's Sharpe lead ({level} CI) | "
               "Sortino | max drawdown | hit rate | turnover | exposure | IC | rank IC |\n"
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [
@@ -54,10 +55,12 @@ def act_markdown(act: dict[str, Any] | None) -> str:
     The rows model_1_segment and model_all_segments of the strategy table trade those two stopping rules."""
     if act is None:
         return ""
-    rows = "\n".join(f"| {point['segment']} | {point['accuracy']:.3f} | {point['ic']:+.3f} |" for point in act["per_segment"])
-    return ("| after segment | accuracy | IC |\n|---:|---:|---:|\n" + rows + "\n\n" + act["verdict"] + " In the strategy "
-            "table, `model 1 segment` and `model all segments` are the same weights stopped after one segment and "
-            "run to all of them.")
+    rows = "\n".join(
+        f"| {point['segment']} | {point['accuracy']:.3f} | {point['ic']:+.3f} |" for point in act["per_segment"]
+    )
+    return ("| after segment | accuracy | IC |\n|---:|---:|---:|\n" + rows + "\n\n" + act["verdict"] +
+            " In the strategy table, `model 1 segment` and `model all segments` are the same weights stopped after "
+            "one segment and run to all of them.")
 
 
 def uncertainty_paragraph(portfolio: dict[str, dict], ic: dict[str, dict], bootstrap: dict[str, float]) -> str:

@@ -69,7 +69,9 @@ def _data_section(runs: list[FoldRun], config: PlatformConfig) -> dict[str, Any]
         "embargo": data.embargo_bars,
         "bars_per_year": runs[0].result.periods_per_year,
         "frequency": None if frequency is None else frequency.to_dict(),
-        "frequency_text": frequency.describe() if frequency else f"{runs[0].result.periods_per_year:,.0f} bars per year",
+        "frequency_text": (
+            frequency.describe() if frequency else f"{runs[0].result.periods_per_year:,.0f} bars per year"
+        ),
     }
 
 

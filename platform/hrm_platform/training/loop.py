@@ -90,7 +90,9 @@ def _local_run_dir() -> Path | None:
     return Path(storage.experiment_fs_path)
 
 
-def _prepare_run(platform: PlatformConfig, data: TrainingData, device: torch.device, collective: Collective) -> TrainingRun:
+def _prepare_run(
+    platform: PlatformConfig, data: TrainingData, device: torch.device, collective: Collective
+) -> TrainingRun:
     """Model (DDP when world_size > 1), optimizer, schedule; restored from Ray's latest checkpoint if any."""
     steps_per_epoch = data.steps_per_epoch()
     model = build_model(platform, data.n_features)

@@ -65,8 +65,11 @@ def training_state(run: TrainingRun, rng_by_rank: list[dict[str, Any]]) -> dict[
     return state
 
 
-def restore_training_state(run: TrainingRun, state: dict[str, Any], history: list[dict[str, Any]], rank: int, seed: int) -> None:
-    """Continue after epoch state["epoch"]; a rank the checkpoint has no RNG state for reseeds from (seed, rank, epoch)."""
+def restore_training_state(
+    run: TrainingRun, state: dict[str, Any], history: list[dict[str, Any]], rank: int, seed: int
+) -> None:
+    """Continue after epoch state["epoch"]; a rank the checkpoint has no RNG state for reseeds from
+    (seed, rank, epoch)."""
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler is not None and "scaler" in state:

@@ -93,7 +93,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_
     )
 
 
-def precision_settings(train: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+def precision_settings(
+    train: TrainConfig, device: torch.device
+) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
     """Autocast dtype and grad scaler: fp32 none; bf16 autocast (CPU or GPU); fp16 autocast + scaler (GPU)."""
     if train.precision == "bf16":
         return torch.bfloat16, None
@@ -102,7 +104,9 @@ def precision_settings(train: TrainConfig, device: torch.device) -> tuple[torch.
     return None, None
 
 
-def new_training_run(model: nn.Module, config: PlatformConfig, device: torch.device, steps_per_epoch: int) -> TrainingRun:
+def new_training_run(
+    model: nn.Module, config: PlatformConfig, device: torch.device, steps_per_epoch: int
+) -> TrainingRun:
     optimizer = build_optimizer(model, config.train)
     autocast_dtype, scaler = precision_settings(config.train, device)
     return TrainingRun(

@@ -190,7 +190,10 @@ def summarize(best_checkpoints: list[tuple[Any, dict[str, Any]]], latest: Any, r
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     """NaN (an epoch without validation) as None, so the summary is strict JSON."""
-    return {key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in metrics.items()}
+    return {
+        key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+        for key, value in metrics.items()
+    }
 
 
 def print_summary(summary: TrainingSummary, as_json: bool) -> None:

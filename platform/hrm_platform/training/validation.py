@@ -25,7 +25,9 @@ def validate(run: TrainingRun, data: TrainingData, config: PlatformConfig, colle
     hrm.eval()
     batch_size = config.train.batch_size * VALIDATION_BATCH_FACTOR
     totals = torch.zeros(4, dtype=torch.float64)  # correct, nll, segments, samples
-    autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else contextlib.nullcontext()
+    autocast = (
+        torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else contextlib.nullcontext()
+    )
     with torch.no_grad(), autocast:
         for windows, actions, _ in data.val_batches(batch_size):
             windows, actions = windows.to(run.device), actions.to(run.device)

@@ -39,7 +39,9 @@ def test_hourly_24x5_bars_give_their_true_frequency() -> None:
 def test_instruments_combine_by_median_and_one_bar_tells_nothing() -> None:
     daily = random_walk_bars(daily_equity_index("2020-01-01", "2022-12-31"), seed=1)
     hourly = random_walk_bars(hourly_24x5_index("2024-01-01", "2024-03-01"), seed=2)
-    assert infer_bars_per_year({"a": daily, "b": daily, "c": hourly}) == pytest.approx(instrument_bars_per_year(daily.index))
+    assert infer_bars_per_year({"a": daily, "b": daily, "c": hourly}) == pytest.approx(
+        instrument_bars_per_year(daily.index)
+    )
     assert infer_bars_per_year({"single": daily.iloc[:1]}) is None
     with pytest.raises(ConfigError, match="set data.bars_per_year"):
         resolve_frequency({"single": daily.iloc[:1]}, override=None)

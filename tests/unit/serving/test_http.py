@@ -287,8 +287,12 @@ def test_body_limit_by_header_and_by_stream(service):
 def test_deployment_options_follow_the_serve_config():
     from hrm_platform.serving.app import deployment_options
 
-    fixed = deployment_options(ServeConfig(num_replicas=2, max_ongoing_requests=64, max_batch_size=32, replica_cpus=0.5))
-    assert (fixed["num_replicas"], fixed["max_ongoing_requests"], fixed["ray_actor_options"]) == (2, 64, {"num_cpus": 0.5, "num_gpus": 0.0})
+    fixed = deployment_options(
+        ServeConfig(num_replicas=2, max_ongoing_requests=64, max_batch_size=32, replica_cpus=0.5)
+    )
+    assert (fixed["num_replicas"], fixed["max_ongoing_requests"], fixed["ray_actor_options"]) == (
+        2, 64, {"num_cpus": 0.5, "num_gpus": 0.0}
+    )
     assert "autoscaling_config" not in fixed
 
     auto = deployment_options(ServeConfig(num_replicas="auto", min_replicas=1, max_replicas=3, max_batch_size=16))

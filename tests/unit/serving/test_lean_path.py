@@ -101,7 +101,12 @@ BAD_VALUES = {
 CASES = [
     *((PREDICT_PATH, name, content, AUTH) for name, content in {**TAKEN, **LEFT_TO_THE_ROUTE}.items()),
     *((PREDICT_PATH, name, content, AUTH) for name, content in BAD_VALUES.items() if "batch" not in name),
-    (BATCH_PATH, "a batch", json.dumps({"requests": [json.loads(body()), json.loads(body(position=0.5))]}).encode(), AUTH),
+    (
+        BATCH_PATH,
+        "a batch",
+        json.dumps({"requests": [json.loads(body()), json.loads(body(position=0.5))]}).encode(),
+        AUTH,
+    ),
     (BATCH_PATH, "a bad item in a batch", BAD_VALUES["a bad item in a batch"], AUTH),
     (PREDICT_PATH, "no token", body(), {"Content-Type": "application/json"}),
     (PREDICT_PATH, "a form", body(), {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}),

@@ -61,5 +61,7 @@ def test_registering_a_name_twice_is_refused(toy_variant):
 
 
 def test_an_unknown_serving_variant_is_a_config_error():
-    with pytest.raises(ConfigError, match="serve.engine_variant='fastest': unknown engine variant 'fastest'; known: eager"):
+    with pytest.raises(
+        ConfigError, match="serve.engine_variant='fastest': unknown engine variant 'fastest'; known: eager"
+    ):
         check_engine_variant(ServeConfig(engine_variant="fastest"))

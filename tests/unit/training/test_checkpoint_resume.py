@@ -73,7 +73,9 @@ def test_non_finite_loss_stops_naming_epoch_and_step_without_a_checkpoint(
         return metrics
 
     monkeypatch.setattr(epoch_module, "deep_supervision_step", step_that_diverges_on_the_third_batch)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at epoch 1, step 3 .*no checkpoint was written"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite training loss at epoch 1, step 3 .*no checkpoint was written"
+    ):
         train_local(short_config, tmp_path)
     assert list(tmp_path.glob("epoch_*")) == []
 

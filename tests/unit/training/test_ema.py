@@ -177,4 +177,7 @@ def test_validation_runs_the_average(ema_config: PlatformConfig, monkeypatch: py
     plain.hrm.load_state_dict(run.ema.state_dict())
     assert validate(plain, InMemoryData(bundle, Collective(), ema_config), ema_config, Collective()) == with_average
     plain.hrm.load_state_dict(run.hrm.state_dict())
-    assert validate(plain, InMemoryData(bundle, Collective(), ema_config), ema_config, Collective())["val_loss"] != with_average["val_loss"]
+    assert (
+        validate(plain, InMemoryData(bundle, Collective(), ema_config), ema_config, Collective())["val_loss"]
+        != with_average["val_loss"]
+    )
