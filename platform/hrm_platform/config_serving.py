@@ -45,8 +45,13 @@ class ServeConfig(Strict):
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(
-        0.003, ge=0, description="longest wait of a queued cache miss for its batch to fill to half the requests in "
-        "the replica (serving/batcher.py); a miss alone in the replica never waits. 0 = take what queued",
+        0.006, ge=0, description="longest time the idle engine waits for a batch of queued cache misses to fill "
+        "(serving/batcher.py); a miss alone in the replica never waits. 0 = take what queued",
+    )
+    batch_fill: float = Field(
+        0.6, gt=0, le=1, description="a batch fills at this share of the replica's concurrency (the most requests "
+        "active at once over the last two batches): 0.5 alternates two halves, more merges them into fewer, larger "
+        "batches (serving/batcher.py; README, Latency and throughput)",
     )
     engine_process: bool = Field(
         False,

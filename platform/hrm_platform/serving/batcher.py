@@ -1,18 +1,23 @@
 """Concurrent cache misses -> engine calls that fill, on one inference thread; a lone miss runs at once.
 
-    batcher = EngineBatcher(run, max_batch_size=32, max_wait_s=0.003)
+    batcher = EngineBatcher(run, max_batch_size=32, max_wait_s=0.006, fill_fraction=0.6)
     prediction = await batcher.submit(item)     # counted in `active` until it returns
 
 A miss that finds the replica otherwise empty (no other request active, nothing queued, the engine idle) runs on
 the event loop at once: at concurrency 1 a queue and a thread hop only add latency. Otherwise it queues, and a
-batch leaves for the inference thread when the engine is idle and either `fill` items wait or the oldest has
-waited `max_wait_s`. `fill` is half the requests active in the replica (at most max_batch_size): with the engine
-computing one half while the event loop parses and answers the other, batches stay near half the concurrency
-instead of taking the one or two requests that happened to be parsed when the engine came free (small batches
-cost more engine time per row, and each batch costs the loop a thread hand-off). How far the engine's work
-overlaps the loop's depends on the variant: TorchScript and the default `compiled` (AOTInductor's kernels called
-through ctypes, serving/aoti_gil_free.py) release the GIL while they compute; the engine's feature columns and
-its ACT loop's Python between segments still hold it (benchmarks/engine_gil.py measures this per variant).
+batch leaves for the inference thread when the engine is idle and either `fill` items wait or the engine has
+been idle with items waiting for `max_wait_s` (time spent queued behind a busy engine does not count: it was no
+chance to fill). `fill` is `fill_fraction` of the replica's concurrency, the most requests active at once over
+this batch's cycle and the one before (at most max_batch_size). Not the requests active right now: when a batch
+comes back its requests leave together, and a fill that followed them down would send the next batch with
+whatever had queued meanwhile. With a fill of one half, batches alternate between two halves of the
+concurrency, the engine computing one while the event loop answers and parses the other; a fill above one half
+merges part of the next half into each batch: fewer, larger batches (less engine time per row, fewer thread
+hand-offs), while the event loop, which is what limits the replica, stays busy with the rest (README, Latency
+and throughput: batch size and throughput of both). How far the engine's work overlaps the loop's depends on the variant:
+TorchScript and the default `compiled` (AOTInductor's kernels called through ctypes, serving/aoti_gil_free.py)
+release the GIL while they compute; the engine's feature columns and its ACT loop's Python between segments still
+hold it (benchmarks/engine_gil.py measures this per variant).
 
 Why not `@serve.batch`: it has no "alone: run inline" path and no fill target that follows the load; it waits
 for max_batch_size or its timeout whatever the concurrency.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,20 +59,25 @@ class _Waiting(Generic[Item, Result]):
 
 class EngineBatcher(Generic[Item, Result]):
     def __init__(self, run: Callable[[list[Item]], list[Result]], max_batch_size: int, max_wait_s: float,
-                 run_batch: Callable[[list[Item]], list[Result]] | None = None) -> None:
+                 fill_fraction: float, run_batch: Callable[[list[Item]], list[Result]] | None = None) -> None:
         self._run = run  # items -> results in order; raises for the whole batch
         self._run_batch = run_batch or run  # the same for a batch on the inference thread (e.g. in another process)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        self.fill_fraction = fill_fraction
         self.stats = BatchStats()
         self.active = 0  # requests in submit(): queued, computing, or run inline
+        self._peak = 0  # most requests active since the last batch came back
+        self._previous_peak = 0  # the same over the cycle before
         self._waiting: list[_Waiting[Item, Result]] = []
         self._busy = False  # a batch is on the inference thread
+        self._idle_since = 0.0  # perf_counter() when the last batch came back
         self._timer: asyncio.TimerHandle | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hrm-engine")
 
     async def submit(self, item: Item) -> Result:
         self.active += 1
+        self._peak = max(self._peak, self.active)
         try:
             return await self._submit(item)
         finally:
@@ -84,13 +95,17 @@ class EngineBatcher(Generic[Item, Result]):
         return await waiting.future
 
     @property
+    def concurrency(self) -> int:
+        return max(self.active, self._peak, self._previous_peak)
+
+    @property
     def fill(self) -> int:
-        return max(1, min(self.max_batch_size, (self.active + 1) // 2))  # half, rounded up
+        return max(1, min(self.max_batch_size, math.ceil(self.fill_fraction * self.concurrency)))
 
     def _maybe_dispatch(self) -> None:
         if self._busy or not self._waiting:
             return
-        waited = time.perf_counter() - self._waiting[0].since
+        waited = time.perf_counter() - max(self._waiting[0].since, self._idle_since)  # with the engine idle
         if len(self._waiting) >= self.fill or waited >= self.max_wait_s:
             self._dispatch()
         elif self._timer is None:
@@ -115,6 +130,8 @@ class EngineBatcher(Generic[Item, Result]):
 
     def _finish(self, batch: list[_Waiting[Item, Result]], done: asyncio.Future[list[Result]]) -> None:
         self._busy = False
+        self._idle_since = time.perf_counter()
+        self._previous_peak, self._peak = self._peak, self.active  # the batch's requests are still active here
         error = done.exception()
         for index, waiting in enumerate(batch):
             if waiting.future.done():  # its request was cancelled (client gone)

@@ -162,7 +162,7 @@ class HRMDeployment:
         self._streams = StreamStore(self._serve.max_streams, self._serve.stream_idle_s)
         self.streams = StreamService(self._streams, self._serve, self._current_model, self.decide)  # /v1/streams
         self._batcher = EngineBatcher(_predict_items, self._serve.max_batch_size, self._serve.batch_wait_timeout_s,
-                                      run_batch=_predict_batch)
+                                      self._serve.batch_fill, run_batch=_predict_batch)
         self._metrics = ServingMetrics()
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._guard = connect_memory_guard(
