@@ -14,10 +14,10 @@ whatever had queued meanwhile. With a fill of one half, batches alternate betwee
 concurrency, the engine computing one while the event loop answers and parses the other; a fill above one half
 merges part of the next half into each batch: fewer, larger batches (less engine time per row, fewer thread
 hand-offs), while the event loop, which is what limits the replica, stays busy with the rest (README, Latency
-and throughput: batch size and throughput of both). How far the engine's work overlaps the loop's depends on the variant:
-TorchScript and the default `compiled` (AOTInductor's kernels called through ctypes, serving/aoti_gil_free.py)
-release the GIL while they compute; the engine's feature columns and its ACT loop's Python between segments still
-hold it (benchmarks/engine_gil.py measures this per variant).
+and throughput: batch size and throughput of both). How far the engine's work overlaps the loop's depends on
+the variant: TorchScript and the default `compiled` (AOTInductor's kernels called through ctypes,
+serving/aoti_gil_free.py) release the GIL while they compute; the engine's feature columns and its ACT loop's
+Python between segments still hold it (benchmarks/engine_gil.py measures this per variant).
 
 Why not `@serve.batch`: it has no "alone: run inline" path and no fill target that follows the load; it waits
 for max_batch_size or its timeout whatever the concurrency.
