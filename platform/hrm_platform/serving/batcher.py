@@ -81,8 +81,7 @@ class EngineBatcher(Generic[Item, Result]):
         try:
             return await self._submit(item)
         finally:
-            self.active -= 1
-            self._maybe_dispatch()  # a smaller fill may now be met
+            self.active -= 1  # the fill does not shrink with it: `concurrency` remembers the peaks
 
     async def _submit(self, item: Item) -> Result:
         await asyncio.sleep(0)  # requests the loop has already read get to register first: a burst is not "alone"
