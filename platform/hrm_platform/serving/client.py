@@ -154,14 +154,15 @@ class StreamClient:
         try:
             response = self._request("POST", self.path + "/bars", json=_without_nulls(body))
         except ClientError:  # no answer (the replica died mid-request?): whether or not it took the bars, a PUT is safe
-            return self._seed(np.concatenate([self._bars, bars]), self._times + times, reseed=True)
-        if response.status_code >= 500 and _error_body(response).get("error") != "overloaded":
-            return self._seed(np.concatenate([self._bars, bars]), self._times + times, reseed=True)
+            response = None
+        kept_and_new, their_times = np.concatenate([self._bars, bars]), self._times + times
+        if response is None or (response.status_code >= 500 and _error_body(response).get("error") != "overloaded"):
+            return self._seed(kept_and_new, their_times, reseed=True)
         if response.status_code == 409 and _error_body(response).get("error") == "stream_unknown":
             self._keep = max(self._keep, int(_error_body(response).get("bars_needed") or 0))
-            return self._seed(np.concatenate([self._bars, bars]), self._times + times, reseed=True)
+            return self._seed(kept_and_new, their_times, reseed=True)
         answer = _answer(response, "POST", self.path + "/bars")
-        self._remember(np.concatenate([self._bars, bars]), self._times + times)
+        self._remember(kept_and_new, their_times)
         return answer
 
     def close(self) -> bool:

@@ -106,15 +106,12 @@ def real_haproxy_binary() -> str:
 def check_port_free(host: str, port: int) -> None:
     """Refuse a serve.port another process listens on, before anything starts (Serve would fail minutes later,
     deep in HAProxy). SO_REUSEADDR, as servers bind: a port in TIME_WAIT counts as free."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise ConfigError(
-                f"serve.port={port}: {host}:{port} is already in use ({error.strerror}); "
-                f"pick a free one, e.g. serve.port={free_port(host)}"
-            ) from None
+    error = _bind_error(host, port, reuse_address=True)
+    if error is not None:
+        raise ConfigError(
+            f"serve.port={port}: {host}:{port} is already in use ({error}); "
+            f"pick a free one, e.g. serve.port={free_port(host)}"
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -134,7 +131,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     draw = random.SystemRandom()  # not the seedable global generator: two processes must not draw alike
     for _ in range(50 * count if high - low > 100 else 0):
         port = draw.randrange(low, high)
-        if port not in chosen and _bindable(host, port):
+        if port not in chosen and _bind_error(host, port) is None:
             chosen.append(port)
             if len(chosen) == count:
                 return chosen
@@ -154,13 +151,16 @@ def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) 
         return 32768
 
 
-def _bindable(host: str, port: int) -> bool:
+def _bind_error(host: str, port: int, reuse_address: bool = False) -> str | None:
+    """Why `host:port` cannot be bound now (the OS's words), or None when it can."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if reuse_address:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError:
-            return False
-        return True
+        except OSError as error:
+            return error.strerror or str(error)
+        return None
 
 
 def keep_replica_grpc_on_loopback() -> bool:

@@ -4,14 +4,14 @@ Request path in a replica: the body is decoded into a typed request by msgspec (
 does not take goes to the FastAPI + pydantic route, serving/http.py, schemas.py) -> `check_bars` (count, values,
 price jumps) -> cache lookup keyed on (model_version, bars, budget) -> a miss alone in the replica is computed at
 once; concurrent misses go through the EngineBatcher (serving/batcher.py), which gathers them into engine calls
-on a single inference thread, filled to half the requests in the replica -> response. The engine, the cache and
-the memory guard are the replica's; the checkpoint comes from `user_config`, so a `serve deploy` that changes
-only `user_config.checkpoint` calls `reconfigure()` on the running replica: the new engine is built beside the
-old one, then swapped in with one assignment. Requests in flight finish on the model they started with, and
-the cache key carries the model version, so nothing the old model computed is served after the swap. A
-checkpoint that fails to load never stops a replica from serving: a running one keeps its model, and a starting
-one (restarted after a reload to a damaged checkpoint) serves the checkpoint the app was built with; both report
-`reload_error`.
+on a single inference thread, filled to serve.batch_fill of the replica's recent concurrency -> response. The
+engine, the cache and the memory guard are the replica's; the checkpoint comes from `user_config`, so a `serve
+deploy` that changes only `user_config.checkpoint` calls `reconfigure()` on the running replica: the new engine
+is built beside the old one, then swapped in with one assignment. Requests in flight finish on the model they
+started with, and the cache key carries the model version, so nothing the old model computed is served after
+the swap. A checkpoint that fails to load never stops a replica from serving: a running one keeps its model,
+and a starting one (restarted after a reload to a damaged checkpoint) serves the checkpoint the app was built
+with; both report `reload_error`.
 
 Streams (/v1/streams: serving/stream_service.py, streams.py): the replica's StreamStore keeps each stream's recent
 bars, and a stream request joins the path above at the cache lookup (`decide`), so its answer is /v1/predict's.

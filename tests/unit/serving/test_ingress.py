@@ -162,7 +162,7 @@ def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range(tmp_pa
     ports = ingress.free_ports(20)
     assert len(set(ports)) == 20
     assert all(ingress.PORTS_ABOVE <= port < ingress._ephemeral_low() for port in ports)
-    assert all(ingress._bindable("127.0.0.1", port) for port in ports)
+    assert all(ingress._bind_error("127.0.0.1", port) is None for port in ports)
     no_room = tmp_path / "ip_local_port_range"
     no_room.write_text(f"{ingress.PORTS_ABOVE + 10}\t60999\n")
     assert ingress._ephemeral_low(no_room) == ingress.PORTS_ABOVE + 10
@@ -176,7 +176,7 @@ def test_free_ports_fall_back_to_port_zero(monkeypatch, no_room: str) -> None:
     if no_room == "range too small":
         monkeypatch.setattr(ingress, "_ephemeral_low", lambda: ingress.PORTS_ABOVE + 10)
     else:
-        monkeypatch.setattr(ingress, "_bindable", lambda host, port: False)
+        monkeypatch.setattr(ingress, "_bind_error", lambda host, port: "Address already in use")
     ports = ingress.free_ports(3)
     assert len(set(ports)) == 3
     for port in ports:  # each one the kernel's: free now
