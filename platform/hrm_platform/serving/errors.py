@@ -4,6 +4,7 @@ error reads the same whichever path answered."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from fastapi.responses import JSONResponse
@@ -11,6 +12,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
 from hrm_platform.serving.schemas import ErrorResponse, InvalidRequest
+
+logger = logging.getLogger(__name__)
 
 JSON_MEDIA_TYPE = "application/json"
 RETRY_AFTER_S = 1
@@ -33,6 +36,12 @@ def http_error_response(error: HTTPException) -> JSONResponse:
     """An HTTPException (503 overloaded with Retry-After, 413, ...) as ErrorResponse JSON."""
     code = STATUS_CODES.get(error.status_code, "error")
     return error_response(error.status_code, code, str(error.detail), headers=error.headers)
+
+
+def internal_error_response(error: Exception) -> JSONResponse:
+    """500 for an error no handler expected, logged with its traceback; the client sees only its type."""
+    logger.exception("unhandled error in a request", exc_info=error)
+    return error_response(500, "internal_error", f"{type(error).__name__}: the server could not answer")
 
 
 def overloaded(detail: str) -> HTTPException:

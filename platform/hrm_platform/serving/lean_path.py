@@ -1,7 +1,8 @@
 """The lean request path of POST /v1/predict and /v1/predict/batch: JSON body -> typed request -> answer bytes,
 without FastAPI's routing, dependency solving and pydantic's per-element validation.
 
-    LeanPredict(app, service)   an ASGI middleware, inside the bearer-token and body-limit ones (http.create_api)
+    LeanPredict(app, service)   an ASGI middleware, inside the bearer-token and body-limit ones and outside
+                                FastAPI's own stack (http.create_api)
 
 For a POST to either route with a JSON Content-Type and a Content-Length, it reads the body and decodes it with
 msgspec straight into `LeanPredictRequest`s: bars as rows of exactly five JSON numbers (not strings, not
@@ -11,8 +12,8 @@ checks, cache, batching and engine), and the response is serialised by pydantic 
 does not accept, including every malformed or invalid body, bars given as columns, NaN tokens and numbers out of
 float range, goes on to the FastAPI route with its body replayed, which parses it exactly as it always has: the
 lean path decides nothing about a request it does not take, so its errors are the route's by construction.
-Errors raised while answering (a 422 from the bar checks, a 503 while shedding) are rendered with the same
-`error_response` as the route's exception handlers, so they are the same JSON.
+Errors raised while answering (a 422 from the bar checks, a 503 while shedding, a 500 for anything unexpected)
+are rendered with the same `error_response` as the route's exception handlers, so they are the same JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hrm_platform.serving.errors import (
     JSON_MEDIA_TYPE,
     http_error_response,
+    internal_error_response,
     invalid_request_response,
     started_at,
 )
@@ -99,6 +101,8 @@ class LeanPredict:
             return invalid_request_response(error)
         except HTTPException as error:
             return http_error_response(error)
+        except Exception as error:  # outside FastAPI's error middleware: answered as its handler would
+            return internal_error_response(error)
         return Response(answer.model_dump_json(), media_type=JSON_MEDIA_TYPE)
 
 

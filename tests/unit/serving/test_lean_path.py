@@ -147,3 +147,32 @@ def test_under_a_route_prefix_too():
     client = TestClient(api, root_path="/prefix")
     assert client.post("/prefix" + PREDICT_PATH, content=body(), headers=AUTH).status_code == 200
     assert lean.kinds == ["LeanPredictRequest"]
+
+
+class FailingService(RecordingService):
+    async def predict(self, request, started):
+        self.kinds.append(type(request).__name__)
+        raise RuntimeError("engine exploded")
+
+
+def test_an_unexpected_error_is_the_routes_500():
+    """The lean path runs outside FastAPI's error middleware, so it renders an unexpected error itself."""
+    lean, route = FailingService(), FailingService()
+    answers = [
+        TestClient(create_api(service, ServeConfig(lean_path=lean_path), auth_token=None),
+                   raise_server_exceptions=False).post(PREDICT_PATH, content=body(), headers=AUTH)
+        for service, lean_path in ((lean, True), (route, False))
+    ]
+    assert lean.kinds == ["LeanPredictRequest"] and route.kinds == ["PredictRequest"]
+    assert answers[0].status_code == answers[1].status_code == 500
+    assert answers[0].content == answers[1].content
+    assert answers[0].json()["error"] == "internal_error"
+
+
+def test_our_layers_run_before_fastapis_own():
+    """Token, body limit and lean path wrap FastAPI's whole stack: a lean answer skips its middleware."""
+    stack, layers = create_api(RecordingService(), ServeConfig(), auth_token=None).build_middleware_stack(), []
+    while len(layers) < 4:
+        layers.append(type(stack).__name__)
+        stack = stack.app
+    assert layers == ["BearerToken", "BodyLimit", "LeanPredict", "ServerErrorMiddleware"]
