@@ -118,7 +118,13 @@ class ServeConfig(Strict):
     auth_token_env: str = Field("HRM_API_TOKEN", description="env var holding the bearer token; unset = no auth")
     access_log: bool = Field(
         False, description="Serve's per-request access log lines in the replica's log (a log record per request "
-        "on the replica's event loop, so off by default; HAProxy and the hrm_* metrics still see every request)",
+        "on the replica's event loop, so off by default; HAProxy and the hrm_* metrics still see every request); "
+        "true logs Serve at INFO at least, whatever serve.log_level says",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="the level of Serve's own logger (`ray.serve`) in the replicas; ours are apart. "
+        "Serve builds an access-log record for every request at INFO even with the access log off, on the "
+        "replica's event loop: WARNING skips that work; INFO adds Serve's replica lifecycle lines",
     )
     fast_ingress: bool = Field(
         True,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,7 +36,7 @@ class AppArgs(BaseModel):
 
 
 def deployment_options(serve_config: ServeConfig) -> dict[str, Any]:
-    """Replicas, concurrency and health checks of HRMDeployment from the serve config."""
+    """Replicas, concurrency, health checks and logging of HRMDeployment from the serve config."""
     if serve_config.max_ongoing_requests < serve_config.max_batch_size:
         raise ValueError(
             f"serve.max_ongoing_requests={serve_config.max_ongoing_requests} is below serve.max_batch_size="
@@ -46,6 +47,7 @@ def deployment_options(serve_config: ServeConfig) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": serve_config.replica_cpus, "num_gpus": serve_config.replica_gpus},
         "health_check_period_s": serve_config.health_check_period_s,
         "health_check_timeout_s": serve_config.health_check_timeout_s,
+        "logging_config": logging_config(serve_config),
     }
     if serve_config.num_replicas == "auto":
         options["autoscaling_config"] = {
@@ -56,6 +58,15 @@ def deployment_options(serve_config: ServeConfig) -> dict[str, Any]:
     else:
         options["num_replicas"] = serve_config.num_replicas
     return options
+
+
+def logging_config(serve_config: ServeConfig) -> dict[str, Any]:
+    """Serve's LoggingConfig for the replicas: the access log, and Serve's logger at serve.log_level (INFO at
+    least with the access log, whose lines are INFO records)."""
+    level = serve_config.log_level
+    if serve_config.access_log and logging.getLevelName(level) > logging.INFO:
+        level = "INFO"
+    return {"enable_access_log": serve_config.access_log, "log_level": level}
 
 
 def check_engine_variant(serve_config: ServeConfig) -> None:
@@ -86,7 +97,6 @@ def application_config(checkpoint: str, serve_config: ServeConfig, env_vars: dic
         "import_path": BUILDER_IMPORT_PATH,
         "args": {"checkpoint": str(checkpoint), "serve": serve_config.model_dump(mode="json")},
         "deployments": [{"name": DEPLOYMENT_NAME, "user_config": {"checkpoint": str(checkpoint)}}],
-        "logging_config": {"enable_access_log": serve_config.access_log},
     }
     if env_vars:
         config["runtime_env"] = {"env_vars": env_vars}

@@ -303,6 +303,18 @@ def test_deployment_options_follow_the_serve_config():
         deployment_options(ServeConfig(max_ongoing_requests=8, max_batch_size=32))
 
 
+@pytest.mark.parametrize("settings, expected", [
+    ({}, {"enable_access_log": False, "log_level": "WARNING"}),  # no access-log record built per request
+    ({"access_log": True}, {"enable_access_log": True, "log_level": "INFO"}),  # its lines are INFO records
+    ({"access_log": True, "log_level": "DEBUG"}, {"enable_access_log": True, "log_level": "DEBUG"}),
+    ({"log_level": "INFO"}, {"enable_access_log": False, "log_level": "INFO"}),
+])
+def test_serves_logging_follows_the_serve_config(settings: dict, expected: dict):
+    from hrm_platform.serving.app import deployment_options
+
+    assert deployment_options(ServeConfig(**settings))["logging_config"] == expected
+
+
 @pytest.mark.parametrize("config_name", ["serve_config.yaml", "serve_config.gpu.yaml"])
 def test_serve_config_yaml_is_a_valid_loopback_config_for_our_builder(config_name: str):
     from pathlib import Path
