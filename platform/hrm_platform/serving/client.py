@@ -156,10 +156,11 @@ class StreamClient:
         except ClientError:  # no answer (the replica died mid-request?): whether or not it took the bars, a PUT is safe
             response = None
         kept_and_new, their_times = np.concatenate([self._bars, bars]), self._times + times
-        if response is None or (response.status_code >= 500 and _error_body(response).get("error") != "overloaded"):
+        error = _error_body(response) if response is not None and response.status_code >= 400 else {}
+        if response is None or (response.status_code >= 500 and error.get("error") != "overloaded"):
             return self._seed(kept_and_new, their_times, reseed=True)
-        if response.status_code == 409 and _error_body(response).get("error") == "stream_unknown":
-            self._keep = max(self._keep, int(_error_body(response).get("bars_needed") or 0))
+        if response.status_code == 409 and error.get("error") == "stream_unknown":
+            self._keep = max(self._keep, int(error.get("bars_needed") or 0))
             return self._seed(kept_and_new, their_times, reseed=True)
         answer = _answer(response, "POST", self.path + "/bars")
         self._remember(kept_and_new, their_times)
